@@ -1,0 +1,148 @@
+"""What one FedDAT client does in a round, without Flower: data, training, evaluation."""
+
+from __future__ import annotations
+
+import functools
+import resource
+from dataclasses import dataclass
+
+import torch
+
+from feddat_flwr.data.easyvqa import load_easyvqa
+from feddat_flwr.data.encode import EncodedSplit, encode_split, label_space
+from feddat_flwr.data.partition import client_split
+from feddat_flwr.evaluate import evaluate_variants, majority_accuracy
+from feddat_flwr.model.backbone import AdaptedBackbone, load_backbone_for
+from feddat_flwr.model.head import new_head
+from feddat_flwr.state import ClientState
+from feddat_flwr.train import TrainSettings, train_round
+
+
+@dataclass
+class ClientData:
+    partition_id: int
+    labels: list[str]
+    train: EncodedSplit
+    test: EncodedSplit
+    majority: float  # test accuracy of always answering the most frequent training answer
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything that determines a client's data; hashable, so it keys the per-process cache."""
+
+    partitioner: str
+    num_partitions: int
+    partition_id: int
+    seed: int
+    dirichlet_alpha: float
+    max_train: int
+    max_test: int
+
+    @classmethod
+    def from_config(cls, cfg, partition_id: int, num_partitions: int) -> DataSpec:
+        if not 0 <= partition_id < num_partitions:
+            raise ValueError(
+                f"partition-id {partition_id} is outside [0, {num_partitions}) "
+                f"(num-partitions {num_partitions})."
+            )
+        d = cfg.data
+        return cls(d.partitioner, num_partitions, partition_id, cfg.seed, d["dirichlet-alpha"],
+                   d["max-train"], d["max-test"])
+
+
+@functools.lru_cache(maxsize=16)
+def load_client_data(spec: DataSpec, backbone: AdaptedBackbone) -> ClientData:
+    """Partition and encode a client's data once per process."""
+    train, test = client_split(
+        load_easyvqa("train"), load_easyvqa("test"),
+        partitioner=spec.partitioner, num_partitions=spec.num_partitions,
+        partition_id=spec.partition_id, seed=spec.seed, dirichlet_alpha=spec.dirichlet_alpha,
+        max_train=spec.max_train, max_test=spec.max_test,
+    )
+    labels = label_space(train)
+    return ClientData(
+        partition_id=spec.partition_id,
+        labels=labels,
+        train=encode_split(train, backbone.processor, labels),
+        test=encode_split(test, backbone.processor, labels),
+        majority=majority_accuracy(train["answer"], test["answer"]),
+    )
+
+
+def _head_seed(seed: int, partition_id: int) -> int:
+    return seed * 1009 + partition_id
+
+
+def initial_state(backbone: AdaptedBackbone, data: ClientData, global_adapter, seed: int) -> ClientState:
+    """A client's state before its first round: `local` starts as the first global adapter it
+    receives (LoRA's B = 0, so its delta starts at zero), the head freshly initialised."""
+    head = new_head(backbone.hidden_size, len(data.labels), _head_seed(seed, data.partition_id))
+    return ClientState(
+        local={k: v.clone() for k, v in global_adapter.items()},
+        head=head.state_dict(),
+        labels=list(data.labels),
+    )
+
+
+def _prepare(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None, global_adapter,
+             seed: int):
+    """Load the global adapter as `shared` and `teacher`, the client's `local` and head."""
+    state = state or initial_state(backbone, data, global_adapter, seed)
+    if state.labels != data.labels:
+        raise ValueError(
+            f"Client {data.partition_id}: stored head was trained for answers {state.labels[:5]}..., "
+            f"the data now has {data.labels[:5]}...; use a fresh state directory."
+        )
+    backbone.load_adapter("shared", global_adapter)
+    backbone.load_adapter("teacher", global_adapter)
+    backbone.load_adapter("local", state.local)
+    head = new_head(backbone.hidden_size, len(data.labels), 0)
+    head.load_state_dict(state.head)
+    return state, head
+
+
+def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None,
+                 global_adapter: dict[str, torch.Tensor], cfg, *, lr: float, server_round: int,
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, float], ClientState]:
+    """One round of FedDAT on this client: returns (new shared adapter, metrics, new private state)."""
+    state, head = _prepare(backbone, data, state, global_adapter, cfg.seed)
+    round_seed = cfg.seed * 100_003 + server_round * 1_009 + data.partition_id
+    torch.manual_seed(round_seed)  # LoRA dropout
+    generator = torch.Generator().manual_seed(round_seed)
+    stats = train_round(backbone, head, data.train, TrainSettings.from_config(cfg, lr), generator=generator)
+    new_state = ClientState(
+        local=backbone.adapter_state("local"),
+        head={k: v.detach().clone() for k, v in head.state_dict().items()},
+        labels=state.labels,
+        rounds_trained=state.rounds_trained + 1,
+    )
+    metrics = {
+        "num-examples": len(data.train),
+        "unit-weight": 1.0,  # the weight key of uniform weighting
+        "partition-id": data.partition_id,
+        "peak-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **stats.as_metrics(),
+    }
+    return backbone.adapter_state("shared"), metrics, new_state
+
+
+def evaluate_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None,
+                    global_adapter: dict[str, torch.Tensor], cfg) -> dict[str, float]:
+    """Accuracy of dat / shared / local on the client's test split, and the majority baseline."""
+    _, head = _prepare(backbone, data, state, global_adapter, cfg.seed)
+    acc = evaluate_variants(backbone, head, data.test, lam=cfg.feddat["lambda"],
+                            batch_size=cfg.train["eval-batch-size"])
+    return {
+        "num-examples": len(data.test),
+        "partition-id": data.partition_id,
+        **{f"eval-{k}": v for k, v in acc.items()},
+        "eval-majority": data.majority,
+    }
+
+
+def client_for(cfg, node_config) -> tuple[AdaptedBackbone, ClientData]:
+    """The process-wide backbone and this node's (cached) data, from the run and node config."""
+    backbone = load_backbone_for(cfg)
+    spec = DataSpec.from_config(cfg, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+    return backbone, load_client_data(spec, backbone)

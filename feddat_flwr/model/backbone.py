@@ -1,0 +1,146 @@
+"""Frozen ViLT backbone with FedDAT's three LoRA adapters (shared, local, teacher).
+
+One `AdaptedBackbone` is loaded per process and reused for every round and every client the
+process serves; the per-client parts (adapter values, head) are copied in and out.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from transformers import ViltModel, ViltProcessor
+
+from feddat_flwr.model.default_model import DEFAULT_MODEL, ensure_default_model
+
+ADAPTERS = ("shared", "local", "teacher")
+# Which adapters are active, each with its scale factor, in each model configuration.
+# "dat" is the Dual-Adapter Teacher; its factors are lambda (filled in by `set_mode`).
+MODES = ("student", "dat", "local")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, lora_cfg) -> LoraSpec:
+        modules = tuple(m.strip() for m in str(lora_cfg["target-modules"]).split(",") if m.strip())
+        return cls(int(lora_cfg.rank), int(lora_cfg.alpha), float(lora_cfg.dropout), modules)
+
+    def peft_config(self, base_model_name_or_path: str | None = None) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+            base_model_name_or_path=base_model_name_or_path,
+        )
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str = "") -> str:
+    """The embedded default is built on first use; anything else goes to from_pretrained as is."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(ensure_default_model(cache_dir or None))
+    return name_or_path
+
+
+def _canonical(param_name: str, adapter: str) -> str:
+    """PEFT parameter name -> adapter-independent key (PEFT's saved-adapter key format)."""
+    return param_name.replace(f".{adapter}.", ".")
+
+
+class AdaptedBackbone:
+    """A PEFT-wrapped ViLT with adapters `shared`, `local`, `teacher` and mode switching."""
+
+    def __init__(self, name_or_path: str, lora: LoraSpec, *, seed: int = 0):
+        base = ViltModel.from_pretrained(name_or_path)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.name_or_path = name_or_path
+        self.processor = ViltProcessor.from_pretrained(name_or_path)
+        self.hidden_size = int(base.config.hidden_size)
+        self.lora = lora
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = get_peft_model(base, lora.peft_config(name_or_path), adapter_name="shared")
+            for name in ADAPTERS[1:]:
+                self.model.add_adapter(name, lora.peft_config(name_or_path))
+        self._lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        self._params = {
+            a: {_canonical(n, a): p for n, p in self.model.named_parameters() if f".{a}." in n}
+            for a in ADAPTERS
+        }
+        self.mode: str | None = None
+
+    # -- adapter values -----------------------------------------------------------------
+    def parameters_of(self, adapter: str) -> list[torch.nn.Parameter]:
+        return list(self._params[adapter].values())
+
+    def adapter_state(self, adapter: str) -> dict[str, torch.Tensor]:
+        """A detached fp32 copy of one adapter's tensors, keyed as in PEFT's saved adapters."""
+        return {k: p.detach().to(torch.float32, copy=True) for k, p in self._params[adapter].items()}
+
+    @torch.no_grad()
+    def load_adapter(self, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+        params = self._params[adapter]
+        if set(state) != set(params):
+            unexpected, missing = sorted(set(state) - set(params)), sorted(set(params) - set(state))
+            raise ValueError(
+                f"Adapter '{adapter}' state does not match the model: "
+                f"unexpected keys {unexpected[:3]}, missing keys {missing[:3]}."
+            )
+        for key, param in params.items():
+            param.copy_(state[key])
+
+    def adapter_num_bytes(self) -> int:
+        return sum(p.numel() * 4 for p in self._params["shared"].values())
+
+    def backbone_num_bytes(self) -> int:
+        base = self.model.get_base_model()
+        return sum(p.numel() * p.element_size() for n, p in base.named_parameters() if "lora_" not in n)
+
+    # -- configurations -----------------------------------------------------------------
+    def set_mode(self, mode: str, lam: float = 0.5, trainable: Collection[str] = ()) -> None:
+        """Activate the adapters of `mode` and make exactly the adapters in `trainable` trainable.
+
+        student: `shared` alone. dat: `local` + `teacher`, each scaled by `lam`.
+        local: `local` alone.
+        """
+        scales = {"student": {"shared": 1.0}, "dat": {"local": lam, "teacher": lam}, "local": {"local": 1.0}}
+        if mode not in scales:
+            raise ValueError(f"Unknown model mode {mode!r}; allowed: {', '.join(MODES)}.")
+        if "teacher" in trainable:
+            raise ValueError("The teacher adapter is never trainable.")
+        self.model.base_model.set_adapter(list(scales[mode]), inference_mode=True)
+        for layer in self._lora_layers:
+            for adapter, scale in scales[mode].items():
+                layer.set_scale(adapter, scale)
+        for adapter in ADAPTERS:
+            for p in self._params[adapter].values():
+                p.requires_grad_(adapter in trainable)
+        self.mode = mode
+
+    def pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled [CLS] representation of a batch under the current mode."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.model(**inputs).pooler_output
+
+
+@functools.lru_cache(maxsize=2)
+def load_backbone(name_or_path: str, cache_dir: str, lora: LoraSpec) -> AdaptedBackbone:
+    """The process-wide backbone for a checkpoint and LoRA spec (loaded once per process)."""
+    return AdaptedBackbone(resolve_model_path(name_or_path, cache_dir), lora)
+
+
+def load_backbone_for(cfg) -> AdaptedBackbone:
+    """The process-wide backbone named by a run configuration."""
+    return load_backbone(cfg.model["name-or-path"], cfg.model["cache-dir"], LoraSpec.from_config(cfg.lora))

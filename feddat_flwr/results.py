@@ -1,0 +1,110 @@
+"""Run directory: results.json, accuracy.png and the final shared adapter, all written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from safetensors.torch import save_file
+
+ADAPTER_DIR = "shared-adapter"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling, then rename over `path` (readers never see a partial file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare_run_dir(output_dir: str, run_id: int | str) -> Path:
+    """The absolute run directory, created empty. An existing non-empty directory is refused."""
+    if output_dir:
+        path = Path(output_dir)
+    else:
+        path = Path.cwd() / "outputs" / f"{time.strftime('%Y%m%d-%H%M%S')}-run{run_id}"
+    path = path.resolve()
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(
+            f"output-dir {str(path)!r} is not empty; choose a new directory so earlier results are kept."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_adapter(out_dir: Path, state: dict[str, torch.Tensor], lora_config: LoraConfig) -> Path:
+    """Save an adapter in PEFT's format (adapter_config.json + adapter_model.safetensors), atomically,
+    so that `PeftModel.from_pretrained(base_model, out_dir)` loads it."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        lora_config.save_pretrained(str(tmp))
+        tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def plot_accuracy(rounds: list[dict], path: Path) -> None:
+    """Mean accuracy per variant over the evaluated rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluated = [r for r in rounds if "eval" in r]
+    if not evaluated:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in evaluated[0]["eval"]:
+        ax.plot([r["round"] for r in evaluated], [r["eval"][variant]["mean"] for r in evaluated],
+                marker="o", label=variant, linestyle="--" if variant == "majority" else "-")
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean client test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class RunRecorder:
+    """Keeps results.json and accuracy.png up to date after every round."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], info: dict[str, Any]):
+        self.run_dir = run_dir
+        self.results: dict[str, Any] = {"config": config, "info": info, "rounds": [], "final": None}
+
+    def add_round(self, record: dict) -> None:
+        self.results["rounds"].append(record)
+        if "eval" in record:
+            self.results["final"] = record["eval"]
+        self.write()
+        plot_accuracy(self.results["rounds"], self.run_dir / "accuracy.png")
+
+    def write(self) -> None:
+        data = json.dumps(self.results, indent=2, sort_keys=False).encode()
+        atomic_write_bytes(self.run_dir / "results.json", data)

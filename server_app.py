@@ -1,0 +1,13 @@
+"""Flower ServerApp of feddat-flwr: runs the FedDAT strategy (see feddat_flwr/server.py)."""
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from feddat_flwr.server import run_server
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_server(grid, context)
