@@ -10,10 +10,10 @@ streams the run's log, judges the run by its final status and stops everything i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import tomli_w
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -71,19 +72,24 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log_path: 
 
 
 def stop_process(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    """SIGTERM the process group started for `proc`, then SIGKILL what is left."""
-    if proc is None or proc.poll() is not None:
+    """Terminate `proc` and every process it started (Flower detaches some: SuperExec, Ray),
+    then kill what is still alive after `grace` seconds."""
+    if proc is None:
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    try:
+        tree = [psutil.Process(proc.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for p in reversed(tree):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    proc.poll()
 
 
 def _flwr(*args: str, env: Mapping[str, str], **kwargs) -> subprocess.CompletedProcess:
@@ -120,7 +126,9 @@ def run_simulation(
     )
     overrides = work / "run-config.toml"
     overrides.write_text(tomli_w.dumps(dict(run_config)))
-    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home)}
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     federation = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus_per_client} "
                   f"client-resources-num-gpus={gpus_per_client}")
     log_path = work / "superlink.log"

@@ -151,7 +151,7 @@ def train_round(
         for batch in iterate_batches(data, s.batch_size, shuffle=True, generator=generator):
             student, dat = step(backbone, head, optimizer, batch, s)
             n = len(batch["labels"])
-            stats.loss += float(student.total + dat.total) * n
+            stats.loss += float(student.total.detach() + dat.total.detach()) * n
             stats.student_task += float(student.task) * n
             stats.student_kd += float(student.kd) * n
             stats.dat_task += float(dat.task) * n

@@ -1,0 +1,356 @@
+"""The embedded default foundation model: a tiny ViLT pretrained offline on easy-VQA.
+
+The recipe builds a word-level tokenizer and a 64x64 image processor, then pretrains a small
+ViLT from scratch on captions of the easy-VQA TRAIN images ("there is a red circle") with
+image-conditioned masked language modelling (colour/shape words masked) and image-text
+matching. The result is saved like a hub checkpoint: `ViltModel.from_pretrained(path)` and
+`ViltProcessor.from_pretrained(path)` load it. The VQA questions are never trained on, so the
+downstream task still needs finetuning.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import easy_vqa
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import (
+    BertTokenizerFast,
+    ViltConfig,
+    ViltForMaskedLM,
+    ViltImageProcessorPil,
+    ViltProcessor,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+RECIPE_VERSION = 1
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+SHAPES = ("circle", "rectangle", "triangle")
+COLORS = tuple(sorted(set(easy_vqa.get_answers()) - set(SHAPES) - {"yes", "no"}))
+# Every caption names the colour and the shape, so either can be masked or corrupted.
+CAPTIONS = (
+    "a {color} {shape}",
+    "there is a {color} {shape}",
+    "the {shape} is {color}",
+    "the {color} shape is a {shape}",
+    "the color of the {shape} is {color}",
+    "a {color} {shape} is present",
+    "the image contains a {color} {shape}",
+    "there is a {color} {shape} in the image",
+    "the shape in the image is a {color} {shape}",
+    "the image shows a {color} shape that is a {shape}",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the built model (hashed into its directory name)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    image_size: int = 64
+    patch_size: int = 16
+    text_length: int = 16  # positions incl. [CLS]/[SEP]; easy-VQA questions need at most 12
+    batch_size: int = 128  # per objective: 128 MLM + 128 ITM examples a step
+    steps: int = 150
+    lr: float = 1e-3
+    warmup: float = 0.1  # fraction of the steps, then cosine decay to 0
+    weight_decay: float = 0.01
+    other_mask_prob: float = 0.15  # non-content caption words masked besides colour/shape
+    seed: int = 0
+
+
+RECIPE = Recipe()
+
+
+def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """<cache_dir or $FEDDAT_CACHE or ~/.cache/feddat-flwr>/models/default-<recipe hash>."""
+    root = cache_dir or os.environ.get("FEDDAT_CACHE") or Path.home() / ".cache" / "feddat-flwr"
+    recipe = {"version": RECIPE_VERSION, "recipe": asdict(RECIPE), "captions": CAPTIONS}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(root).expanduser() / "models" / f"default-{digest}"
+
+
+def ensure_default_model(cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
+    """default_model_dir(cache_dir), built first if missing (safe across concurrent processes)."""
+    target = default_model_dir(cache_dir)
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if target.is_dir():  # built by another process while we waited
+            return target
+        logger.info("Building the default model into %s (once, about 2 minutes).", target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            build_default_model(tmp, progress=progress)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def build_default_model(
+    out_dir: Path, *, seed: int = RECIPE.seed, steps: int = RECIPE.steps, progress: bool = True
+) -> dict:
+    """Build the default model into out_dir; returns build stats (also in recipe.json)."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor = _make_processor(out_dir)
+    train = _ImageSet.load("train", processor)
+    test = _ImageSet.load("test", processor)
+    captions = _CaptionTable(processor.tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # weight init and ViLT's patch sampling use the global RNG
+        generator = torch.Generator().manual_seed(seed)
+        model = ViltForMaskedLM(_vilt_config(len(processor.tokenizer)))
+        itm_head = nn.Linear(RECIPE.hidden_size, 2)
+        losses = _pretrain(model, itm_head, train, captions, steps, generator, progress)
+        probe = _probe(model, itm_head, test, captions, seed)
+    model.vilt.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    stats = {"steps": steps, "seconds": round(time.perf_counter() - start, 1), **losses, **probe}
+    provenance = {"version": RECIPE_VERSION, "recipe": asdict(RECIPE), "captions": CAPTIONS,
+                  "seed": seed, "stats": stats, "torch": torch.__version__}
+    (out_dir / "recipe.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return stats
+
+
+def _make_processor(out_dir: Path) -> ViltProcessor:
+    """Word-level BERT tokenizer (vocab.txt written to out_dir) + 64x64 ViLT image processor."""
+    questions, answers, _ = easy_vqa.get_train_questions()
+    captions = [c.format(color=k, shape=s) for c in CAPTIONS for k in COLORS for s in SHAPES]
+    words = {w for text in [*questions, *answers, *captions] for w in _words(text)}
+    vocab = out_dir / "vocab.txt"
+    vocab.write_text("\n".join([*SPECIAL_TOKENS, *sorted(words)]) + "\n")
+    tokenizer = BertTokenizerFast(
+        vocab=str(vocab), do_lower_case=True, model_max_length=RECIPE.text_length
+    )
+    all_questions = questions + easy_vqa.get_test_questions()[0]
+    longest = max(len(ids) for ids in tokenizer(all_questions)["input_ids"])
+    if longest > RECIPE.text_length:
+        raise ValueError(f"An easy-VQA question has {longest} tokens > text_length={RECIPE.text_length}.")
+    image_processor = ViltImageProcessorPil(
+        size={"shortest_edge": RECIPE.image_size}, size_divisor=RECIPE.patch_size
+    )
+    return ViltProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def _words(text: str) -> list[str]:
+    """Lowercased words and punctuation marks, split like BERT's pre-tokenizer."""
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def _vilt_config(vocab_size: int) -> ViltConfig:
+    r = RECIPE
+    return ViltConfig(
+        vocab_size=vocab_size, hidden_size=r.hidden_size, num_hidden_layers=r.num_layers,
+        num_attention_heads=r.num_heads, intermediate_size=r.intermediate_size,
+        image_size=r.image_size, patch_size=r.patch_size, max_position_embeddings=r.text_length,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0,
+    )
+
+
+@dataclass
+class _ImageSet:
+    """All images of an easy-VQA split, preprocessed, with each image's colour and shape index."""
+
+    pixel_values: torch.Tensor  # [N, 3, H, W]
+    color: torch.Tensor  # [N] index into COLORS
+    shape: torch.Tensor  # [N] index into SHAPES
+
+    @classmethod
+    def load(cls, split: str, processor: ViltProcessor) -> _ImageSet:
+        get_questions = getattr(easy_vqa, f"get_{split}_questions")
+        paths = getattr(easy_vqa, f"get_{split}_image_paths")()
+        attributes = _image_attributes(*get_questions())
+        ids = sorted(attributes)
+        images = [Image.open(paths[i]).convert("RGB") for i in ids]
+        batch = processor.image_processor(images, return_tensors="pt")
+        size = (RECIPE.image_size, RECIPE.image_size)
+        if batch["pixel_values"].shape[-2:] != size or not bool(batch["pixel_mask"].all()):
+            raise ValueError(f"Image processor gave {tuple(batch['pixel_values'].shape)}, expected {size}.")
+        return cls(
+            pixel_values=batch["pixel_values"],
+            color=torch.tensor([COLORS.index(attributes[i][0]) for i in ids]),
+            shape=torch.tensor([SHAPES.index(attributes[i][1]) for i in ids]),
+        )
+
+
+def _image_attributes(
+    questions: Sequence[str], answers: Sequence[str], image_ids: Sequence[int]
+) -> dict[int, tuple[str, str]]:
+    """(colour, shape) of the images whose questions and answers determine both: by a fact
+    they assert, or by elimination ("no" to all other shapes). About 11% are left out."""
+    present: dict[int, set[str]] = {}
+    absent: dict[int, set[str]] = {}
+    for question, answer, image_id in zip(questions, answers, image_ids):
+        words = _words(question)
+        mentioned = {w for w in words if w in COLORS or w in SHAPES}
+        if answer in COLORS or answer in SHAPES:
+            present.setdefault(image_id, set()).update(mentioned | {answer})
+        elif (answer == "yes") != ("not" in words or "no" in words):
+            present.setdefault(image_id, set()).update(mentioned)
+        else:
+            absent.setdefault(image_id, set()).update(mentioned)
+    attributes = {}
+    for image_id in present.keys() | absent.keys():
+        found = [
+            _determined(group, present.get(image_id, set()), absent.get(image_id, set()), image_id)
+            for group in (COLORS, SHAPES)
+        ]
+        if found[0] and found[1]:
+            attributes[image_id] = (found[0], found[1])
+    return attributes
+
+
+def _determined(group: Sequence[str], present: set[str], absent: set[str], image_id: int) -> str | None:
+    """The one value of `group` the facts leave possible, or None if they do not tell."""
+    if present & absent & set(group) or len(present & set(group)) > 1:
+        raise ValueError(f"easy-VQA image {image_id}: contradictory answers about {sorted(group)}.")
+    candidates = (present & set(group)) or set(group) - absent
+    return candidates.pop() if len(candidates) == 1 else None
+
+
+class _CaptionTable:
+    """Token ids of every caption for every (template, colour, shape), padded to one length."""
+
+    def __init__(self, tokenizer: BertTokenizerFast):
+        texts = [c.format(color=k, shape=s) for c in CAPTIONS for k in COLORS for s in SHAPES]
+        ids = tokenizer(texts, padding="longest", return_tensors="pt")["input_ids"]
+        self.ids = ids.view(len(CAPTIONS), len(COLORS), len(SHAPES), -1)
+        self.mask_id = tokenizer.mask_token_id
+        self.color_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(COLORS)))
+        self.shape_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(SHAPES)))
+        self.special_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
+
+    def get(self, template: torch.Tensor, color: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return self.ids[template, color, shape]
+
+    def mask(
+        self, ids: torch.Tensor, color: torch.Tensor, shape: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked ids, MLM labels): the colour, the shape or both masked (1/3 each), plus a
+        random share of the other words; labels are -100 where nothing is to be predicted."""
+        is_color = ids == self.color_ids[color][:, None]
+        is_shape = ids == self.shape_ids[shape][:, None]
+        which = torch.randint(0, 3, (len(ids), 1), generator=generator)  # 0 colour, 1 shape, 2 both
+        other = ~(is_color | is_shape | torch.isin(ids, self.special_ids))
+        masked = (is_color & (which != 1)) | (is_shape & (which != 0))
+        masked |= other & (torch.rand(ids.shape, generator=generator) < RECIPE.other_mask_prob)
+        return ids.masked_fill(masked, self.mask_id), ids.masked_fill(~masked, -100)
+
+
+def _forward(
+    model: ViltForMaskedLM, itm_head: nn.Linear, ids: torch.Tensor, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MLM logits over the text positions, ITM logits [no match, match])."""
+    pixel_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[-2:], dtype=torch.long)
+    out = model.vilt(input_ids=ids, attention_mask=(ids != 0).long(),
+                     pixel_values=pixel_values, pixel_mask=pixel_mask)
+    return model.mlm_score(out.last_hidden_state[:, : ids.shape[1]]), itm_head(out.pooler_output)
+
+
+def _corrupt(
+    color: torch.Tensor, shape: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Change the colour or the shape (1/2 each) to another one."""
+    n = len(color)
+    change_color = torch.rand(n, generator=generator) < 0.5
+    new_color = (color + torch.randint(1, len(COLORS), (n,), generator=generator)) % len(COLORS)
+    new_shape = (shape + torch.randint(1, len(SHAPES), (n,), generator=generator)) % len(SHAPES)
+    return torch.where(change_color, new_color, color), torch.where(change_color, shape, new_shape)
+
+
+def _pretrain(
+    model: ViltForMaskedLM, itm_head: nn.Linear, data: _ImageSet, captions: _CaptionTable,
+    steps: int, generator: torch.Generator, progress: bool,
+) -> dict[str, float]:
+    """MLM on masked captions of the images + ITM on half-corrupted captions, in one batch."""
+    r = RECIPE
+    params = [*model.parameters(), *itm_head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    warmup = max(1, round(r.warmup * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup
+        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
+    )
+    model.train()
+    n, b = len(data.color), r.batch_size
+    mlm_loss = itm_loss = torch.tensor(float("nan"))
+    for _ in tqdm(range(steps), desc="Pretraining default ViLT", disable=not progress):
+        images = torch.randint(0, n, (2 * b,), generator=generator)
+        templates = torch.randint(0, len(CAPTIONS), (2 * b,), generator=generator)
+        color, shape = data.color[images], data.shape[images]
+        mlm_ids, labels = captions.mask(
+            captions.get(templates[:b], color[:b], shape[:b]), color[:b], shape[:b], generator
+        )
+        match = torch.rand(b, generator=generator) < 0.5
+        wrong_color, wrong_shape = _corrupt(color[b:], shape[b:], generator)
+        itm_ids = captions.get(
+            templates[b:], torch.where(match, color[b:], wrong_color), torch.where(match, shape[b:], wrong_shape)
+        )
+        mlm_logits, itm_logits = _forward(model, itm_head, torch.cat([mlm_ids, itm_ids]), data.pixel_values[images])
+        mlm_loss = nn.functional.cross_entropy(mlm_logits[:b].flatten(0, 1), labels.flatten())
+        itm_loss = nn.functional.cross_entropy(itm_logits[b:], match.long())
+        optimizer.zero_grad()
+        (mlm_loss + itm_loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    return {"mlm_loss": round(mlm_loss.item(), 4), "itm_loss": round(itm_loss.item(), 4)}
+
+
+@torch.no_grad()
+def _probe(
+    model: ViltForMaskedLM, itm_head: nn.Linear, data: _ImageSet, captions: _CaptionTable, seed: int
+) -> dict[str, float]:
+    """Accuracy on unseen images: the masked colour word, the masked shape word (argmax over
+    the whole vocabulary) and ITM on one true and one corrupted caption per image."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    n = len(data.color)
+    templates = torch.arange(n) % len(CAPTIONS)
+    ids = captions.get(templates, data.color, data.shape)
+    wrong_color, wrong_shape = _corrupt(data.color, data.shape, generator)
+    wrong_ids = captions.get(templates, wrong_color, wrong_shape)
+    color_pos = ids == captions.color_ids[data.color][:, None]
+    shape_pos = ids == captions.shape_ids[data.shape][:, None]
+    texts = torch.cat([ids.masked_fill(color_pos, captions.mask_id), ids.masked_fill(shape_pos, captions.mask_id),
+                       ids, wrong_ids])
+    mlm_logits, itm_logits = [], []
+    for chunk in torch.split(torch.arange(4 * n), 500):
+        m, i = _forward(model, itm_head, texts[chunk], data.pixel_values[chunk % n])
+        mlm_logits.append(m)
+        itm_logits.append(i)
+    predicted = torch.cat(mlm_logits).argmax(-1)
+    itm = torch.cat(itm_logits).argmax(-1)
+    return {
+        "probe_color_acc": round((predicted[:n][color_pos] == ids[color_pos]).float().mean().item(), 4),
+        "probe_shape_acc": round((predicted[n : 2 * n][shape_pos] == ids[shape_pos]).float().mean().item(), 4),
+        "probe_itm_acc": round((itm[2 * n :] == torch.arange(2 * n).lt(n).long()).float().mean().item(), 4),
+    }

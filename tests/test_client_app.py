@@ -1,0 +1,61 @@
+"""The Flower ClientApp handlers called directly with a Context, as Flower calls them."""
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+import client_app
+from feddat_flwr.model.backbone import load_backbone_for
+from feddat_flwr.state import LOCAL_KEY, read_state
+
+
+@pytest.fixture()
+def context(tiny_cfg, tiny_model_dir):
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    run_config = {"model.name-or-path": tiny_model_dir, "data.max-train": 48, "data.max-test": 24,
+                  "train.batch-size": 16}
+    return Context(run_id=1, node_id=5, node_config={"partition-id": 1, "num-partitions": 3},
+                   state=RecordDict(), run_config=run_config)
+
+
+def _message(kind, arrays, server_round):
+    content = RecordDict({"arrays": ArrayRecord(arrays),
+                          "config": ConfigRecord({"lr": 0.01, "server-round": server_round})})
+    return Message(content=content, dst_node_id=5, message_type=kind)
+
+
+def test_only_the_shared_adapter_leaves_and_private_state_persists(context, tiny_cfg):
+    backbone = load_backbone_for(tiny_cfg())
+    global_adapter = backbone.adapter_state("shared")
+    reply = client_app.train(_message("train", global_adapter, 1), context)
+
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    sent = reply.content["arrays"]
+    assert set(sent.keys()) == set(global_adapter)  # exactly the shared adapter's tensors
+    assert all(".shared." not in k and "local" not in k and "teacher" not in k for k in sent.keys())
+    assert all(a.dtype == "float32" for a in sent.values())
+    assert reply.content["metrics"]["partition-id"] == 1
+
+    state1 = read_state(context.state)
+    assert state1 is not None and state1.rounds_trained == 1
+    local1 = {k: v.clone() for k, v in state1.local.items()}
+
+    # The same node (same Context) in round 2: the local adapter continues from its state.
+    reply2 = client_app.train(_message("train", sent.to_torch_state_dict(), 2), context)
+    state2 = read_state(context.state)
+    assert state2.rounds_trained == 2
+    assert any(not torch.equal(local1[k], state2.local[k]) for k in local1)
+    assert LOCAL_KEY in context.state and set(reply2.content["arrays"].keys()) == set(global_adapter)
+
+    evaluation = client_app.evaluate(_message("evaluate", reply2.content["arrays"].to_torch_state_dict(), 2),
+                                     context)
+    metrics = evaluation.content["metrics"]
+    assert {"eval-dat", "eval-shared", "eval-local", "eval-majority"} <= set(metrics.keys())
+    assert evaluation.content.array_records == {}  # evaluation sends no tensors back
+
+
+def test_bad_partition_id_is_a_clear_error(context):
+    context.node_config["partition-id"] = 3
+    with pytest.raises(ValueError, match=r"partition-id 3 is outside \[0, 3\)"):
+        client_app.train(_message("train", {}, 1), context)

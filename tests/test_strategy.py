@@ -1,0 +1,112 @@
+"""FedDAT strategy with hand-made replies (no Ray, no SuperLink)."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from feddat_flwr.strategy import FedDAT, summarize
+
+KEYS = ("layer.lora_A.weight", "layer.lora_B.weight")
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+def _strategy(weighting, **kw):
+    return FedDAT(adapter_keys=KEYS, num_rounds=2, lr_for_round=lambda r: 0.1 / r, weighting=weighting, **kw)
+
+
+def _train_reply(node_id, pid, value, num_examples, arrays=None):
+    sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="train")
+    arrays = arrays or {k: np.full((2, 2), value, dtype=np.float32) for k in KEYS}
+    metrics = {"num-examples": num_examples, "unit-weight": 1.0, "partition-id": pid, "train-loss": value,
+               "train-seconds": float(pid + 1)}
+    arrays = {k: Array(v) for k, v in arrays.items()}
+    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)}), reply_to=sent)
+
+
+def _eval_reply(node_id, pid, acc, n):
+    sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="evaluate")
+    metrics = {"num-examples": n, "partition-id": pid, "eval-dat": acc, "eval-shared": acc / 2,
+               "eval-local": acc / 4, "eval-majority": 0.1}
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=sent)
+
+
+class FakeGrid:
+    def get_node_ids(self):
+        return [11, 12, 13]
+
+
+def _begin_round(strategy, server_round=1):
+    arrays = ArrayRecord({k: Array(np.zeros((2, 2), dtype=np.float32)) for k in KEYS})
+    msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(), FakeGrid()))
+    return arrays, msgs
+
+
+@pytest.mark.parametrize(("weighting", "expected"), [("num-examples", (1 * 10 + 4 * 30) / 40), ("uniform", 2.5)])
+def test_aggregates_shared_adapter_by_weighting(weighting, expected):
+    strategy = _strategy(weighting)
+    _begin_round(strategy)
+    arrays, _ = strategy.aggregate_train(1, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 4.0, 30)])
+    for key in KEYS:
+        np.testing.assert_allclose(arrays[key].numpy(), np.full((2, 2), expected), rtol=1e-6)
+
+
+def test_train_config_carries_round_lr_and_only_the_adapter():
+    strategy = _strategy("num-examples")
+    arrays, msgs = _begin_round(strategy, server_round=2)
+    assert len(msgs) == 3
+    assert msgs[0].content["config"]["lr"] == pytest.approx(0.05)
+    assert set(msgs[0].content["arrays"].keys()) == set(KEYS)
+    assert strategy._round["bytes-down"] == 3 * arrays.count_bytes()
+
+
+def test_reply_with_private_tensors_is_rejected_and_recorded():
+    strategy = _strategy("uniform")
+    _begin_round(strategy)
+    leaky = {**{k: np.ones((2, 2), np.float32) for k in KEYS}, "head.weight": np.ones(3, np.float32)}
+    replies = [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 9.0, 10, arrays=leaky),
+               Message(Error(code=0, reason="node crashed"), reply_to=Message(RecordDict(), 13, "train"))]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays[KEYS[0]].numpy(), 1.0)  # only the clean reply counted
+    failures = strategy._round["failures"]
+    assert [f["node-id"] for f in failures] == [12, 13]
+    assert "head.weight" in failures[0]["reason"] and failures[1]["reason"] == "node crashed"
+
+
+def test_round_record_has_per_client_train_eval_and_summary():
+    records = []
+    strategy = _strategy("num-examples", eval_every=2, on_round_end=records.append)
+    arrays, _ = _begin_round(strategy, 1)
+    strategy.aggregate_train(1, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 2.0, 30)])
+    assert list(strategy.configure_evaluate(1, arrays, ConfigRecord(), FakeGrid())) == []  # not an eval round
+    strategy.end_of_round(1, arrays)
+    arrays, _ = _begin_round(strategy, 2)
+    strategy.aggregate_train(2, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 2.0, 30)])
+    assert len(list(strategy.configure_evaluate(2, arrays, ConfigRecord(), FakeGrid()))) == 3  # last round
+    strategy.aggregate_evaluate(2, [_eval_reply(11, 0, 0.8, 100), _eval_reply(12, 1, 0.4, 300)])
+    strategy.end_of_round(2, arrays)
+    assert [r["round"] for r in records] == [1, 2] and "eval" not in records[0]
+    last = records[1]
+    assert set(last["clients"]) == {"0", "1"}
+    assert last["clients"]["1"]["train"]["loss"] == 2.0 and last["clients"]["1"]["num-examples"] == 30
+    assert last["clients"]["0"]["eval"]["dat"] == 0.8
+    assert last["eval"]["dat"]["mean"] == pytest.approx((0.8 * 100 + 0.4 * 300) / 400)
+    assert last["eval"]["dat"]["min"] == pytest.approx(0.4)
+    assert last["bytes-up"] > 0 and last["bytes-down"] > 0 and last["seconds"] >= 0
+    assert last["straggler-seconds"] == pytest.approx(2.0 - 1.5)
+
+
+def test_summarize_mean_is_weighted_and_min_is_worst_client():
+    s = summarize({"0": {"dat": 1.0, "shared": 0.5, "local": 0.0, "majority": 0.2, "num-examples": 1},
+                   "1": {"dat": 0.0, "shared": 0.5, "local": 1.0, "majority": 0.2, "num-examples": 3}})
+    assert s["dat"] == {"mean": 0.25, "min": 0.0}
+    assert s["local"]["mean"] == 0.75
+
+
+def test_unknown_weighting_is_an_error():
+    with pytest.raises(ValueError, match="Unknown weighting 'size'; allowed: num-examples, uniform"):
+        _strategy("size")

@@ -1,0 +1,81 @@
+"""FedDAT's freeze/update properties on a tiny ViLT, through the client code path."""
+
+import pytest
+import torch
+
+from feddat_flwr import client as client_mod
+from feddat_flwr.client import DataSpec, evaluate_client, load_client_data, train_client
+from feddat_flwr.model.backbone import load_backbone_for
+
+
+def _same(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _distance(a, b):
+    return sum(float((a[k] - b[k]).abs().sum()) for k in a)
+
+
+@pytest.fixture(params=["reference", "fast"])
+def setup(request, tiny_cfg):
+    cfg = tiny_cfg({"feddat.schedule": request.param})
+    backbone = load_backbone_for(cfg)
+    data = load_client_data(DataSpec.from_config(cfg, 0, 3), backbone)
+    # A global adapter with non-zero B, as after a first aggregation.
+    torch.manual_seed(1)
+    global_adapter = {k: torch.randn_like(v) * 0.05 for k, v in backbone.adapter_state("shared").items()}
+    return cfg, backbone, data, global_adapter
+
+
+def test_teacher_frozen_local_and_shared_trained_every_round(setup):
+    cfg, backbone, data, g1 = setup
+    shared1, _, state1 = train_client(backbone, data, None, g1, cfg, lr=0.01, server_round=1)
+    assert _same(backbone.adapter_state("teacher"), g1)  # bit-identical after training
+    assert _distance(state1.local, g1) > 0  # local starts from the global and is trained
+    assert _distance(shared1, g1) > 0
+    g2 = {k: v + 0.01 for k, v in shared1.items()}  # the "aggregate" of round 1
+    shared2, _, state2 = train_client(backbone, data, state1, g2, cfg, lr=0.01, server_round=2)
+    assert _same(backbone.adapter_state("teacher"), g2)
+    assert _distance(state2.local, state1.local) > 0  # local keeps changing after round 1
+    assert _distance(shared2, g2) > 0
+    assert state2.rounds_trained == 2 and state2.labels == data.labels
+    assert _distance(state2.head, state1.head) > 0
+
+
+def test_shared_starts_from_the_aggregate_and_local_from_state(setup, monkeypatch):
+    cfg, backbone, data, g = setup
+    _, _, state = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
+    seen = {}
+    real = client_mod.train_round
+
+    def spy(bb, head, *args, **kwargs):
+        seen["shared"], seen["local"] = bb.adapter_state("shared"), bb.adapter_state("local")
+        seen["head"] = {k: v.clone() for k, v in head.state_dict().items()}
+        return real(bb, head, *args, **kwargs)
+
+    monkeypatch.setattr(client_mod, "train_round", spy)
+    g2 = {k: v * 2 for k, v in g.items()}
+    train_client(backbone, data, state, g2, cfg, lr=0.01, server_round=2)
+    assert _same(seen["shared"], g2)
+    assert _same(seen["local"], state.local)
+    assert _same(seen["head"], state.head)
+
+
+def test_training_is_deterministic_given_the_seed(setup):
+    cfg, backbone, data, g = setup
+    a = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
+    b = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
+    assert _same(a[0], b[0]) and _same(a[2].local, b[2].local) and _same(a[2].head, b[2].head)
+    assert a[1]["train-loss"] == b[1]["train-loss"]
+
+
+def test_evaluation_reports_every_variant_and_changes_nothing(setup):
+    cfg, backbone, data, g = setup
+    _, _, state = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
+    local_before = {k: v.clone() for k, v in state.local.items()}
+    metrics = evaluate_client(backbone, data, state, g, cfg)
+    assert set(metrics) == {"num-examples", "partition-id", "eval-dat", "eval-shared", "eval-local",
+                            "eval-majority"}
+    assert all(0.0 <= metrics[f"eval-{v}"] <= 1.0 for v in ("dat", "shared", "local", "majority"))
+    assert metrics["num-examples"] == len(data.test)
+    assert _same(state.local, local_before)
