@@ -158,6 +158,7 @@ def train_round(
             stats.dat_kd += float(dat.kd) * n
             stats.num_examples += n
             stats.steps += 1
+    optimizer.zero_grad(set_to_none=True)  # free gradient memory between rounds and clients
     stats.seconds = time.perf_counter() - start
     for field in ("loss", "student_task", "student_kd", "dat_task", "dat_kd"):
         setattr(stats, field, getattr(stats, field) / max(stats.num_examples, 1))

@@ -17,6 +17,8 @@ def _setup(tiny_cfg):
     torch.manual_seed(3)
     for name in ("shared", "local", "teacher"):
         backbone.load_adapter(name, {k: torch.randn_like(v) * 0.05 for k, v in backbone.adapter_state(name).items()})
+    for p in backbone.model.parameters():
+        p.grad = None
     head = new_head(backbone.hidden_size, len(data.labels), seed=0)
     batch = next(iterate_batches(data.train, 16, shuffle=False))
     return backbone, head, batch
