@@ -1,7 +1,8 @@
 """Flower ClientApp of feddat-flwr: thin handlers over feddat_flwr.client.
 
 The frozen backbone and the client's encoded data are cached per process; the client's private
-state (local adapter, head) lives in `context.state` and never goes into a reply.
+state (local adapter, head) lives in `context.state` (mirrored to the node-config `state-dir`
+when given) and never goes into a reply.
 """
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -9,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from feddat_flwr.client import client_for, evaluate_client, train_client
 from feddat_flwr.config import load_config
-from feddat_flwr.state import read_state, write_state
+from feddat_flwr.state import mirror_dir, persist_state, restore_state
 
 app = ClientApp()
 
@@ -18,11 +19,13 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     cfg = load_config(context.run_config)
     backbone, data = client_for(cfg, context.node_config)
+    mirror = mirror_dir(context.node_config, context.run_id)
+    config = msg.content["config"]
     shared, metrics, state = train_client(
-        backbone, data, read_state(context.state), msg.content["arrays"].to_torch_state_dict(), cfg,
-        lr=float(msg.content["config"]["lr"]), server_round=int(msg.content["config"]["server-round"]),
+        backbone, data, restore_state(context.state, mirror), msg.content["arrays"].to_torch_state_dict(),
+        cfg, lr=float(config["lr"]), server_round=int(config["server-round"]),
     )
-    write_state(context.state, state)
+    persist_state(context.state, mirror, state)
     content = RecordDict({"arrays": ArrayRecord(shared), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
@@ -31,6 +34,6 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = load_config(context.run_config)
     backbone, data = client_for(cfg, context.node_config)
-    metrics = evaluate_client(backbone, data, read_state(context.state),
-                              msg.content["arrays"].to_torch_state_dict(), cfg)
+    state = restore_state(context.state, mirror_dir(context.node_config, context.run_id))
+    metrics = evaluate_client(backbone, data, state, msg.content["arrays"].to_torch_state_dict(), cfg)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -7,7 +7,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import client_app
 from feddat_flwr.model.backbone import load_backbone_for
-from feddat_flwr.state import LOCAL_KEY, read_state
+from feddat_flwr.state import LOCAL_KEY, mirror_dir, read_state, restore_state
 
 
 @pytest.fixture()
@@ -59,3 +59,23 @@ def test_bad_partition_id_is_a_clear_error(context):
     context.node_config["partition-id"] = 3
     with pytest.raises(ValueError, match=r"partition-id 3 is outside \[0, 3\)"):
         client_app.train(_message("train", {}, 1), context)
+
+
+def test_state_is_mirrored_and_restored_after_a_restart(context, tiny_cfg, tmp_path):
+    context.node_config["state-dir"] = str(tmp_path / "node-state")
+    global_adapter = load_backbone_for(tiny_cfg()).adapter_state("shared")
+    client_app.train(_message("train", global_adapter, 1), context)
+    mirrored = tmp_path / "node-state" / "run-1"
+    assert sorted(p.name for p in mirrored.iterdir()) == ["head.safetensors", "local-adapter.safetensors",
+                                                          "meta.json"]
+    before = read_state(context.state)
+    # A restarted SuperNode: same node config, empty context.state.
+    restarted = Context(run_id=1, node_id=5, node_config=dict(context.node_config), state=RecordDict(),
+                        run_config=context.run_config)
+    restored = restore_state(restarted.state, mirror_dir(restarted.node_config, 1))
+    assert restored.rounds_trained == 1 and restored.labels == before.labels
+    assert all(torch.equal(restored.local[k], before.local[k]) for k in before.local)
+    assert all(torch.equal(restored.head[k], before.head[k]) for k in before.head)
+    client_app.train(_message("train", global_adapter, 2), restarted)
+    assert read_state(restarted.state).rounds_trained == 2  # continued, not re-initialised
+    assert restore_state(RecordDict(), mirror_dir(restarted.node_config, 2)) is None  # other runs start fresh
