@@ -15,6 +15,12 @@ from feddat_flwr.state import mirror_dir, persist_state, restore_state
 app = ClientApp()
 
 
+def _global_adapter(msg: Message) -> dict:
+    """The received global adapter (empty when the method communicates nothing)."""
+    arrays = msg.content["arrays"]
+    return arrays.to_torch_state_dict() if len(arrays) else {}
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = load_config(context.run_config)
@@ -22,8 +28,8 @@ def train(msg: Message, context: Context) -> Message:
     mirror = mirror_dir(context.node_config, context.run_id)
     config = msg.content["config"]
     shared, metrics, state = train_client(
-        backbone, data, restore_state(context.state, mirror), msg.content["arrays"].to_torch_state_dict(),
-        cfg, lr=float(config["lr"]), server_round=int(config["server-round"]),
+        backbone, data, restore_state(context.state, mirror), _global_adapter(msg), cfg,
+        lr=float(config["lr"]), server_round=int(config["server-round"]),
     )
     persist_state(context.state, mirror, state)
     content = RecordDict({"arrays": ArrayRecord(shared), "metrics": MetricRecord(metrics)})
@@ -35,5 +41,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = load_config(context.run_config)
     backbone, data = client_for(cfg, context.node_config)
     state = restore_state(context.state, mirror_dir(context.node_config, context.run_id))
-    metrics = evaluate_client(backbone, data, state, msg.content["arrays"].to_torch_state_dict(), cfg)
+    metrics = evaluate_client(backbone, data, state, _global_adapter(msg), cfg)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

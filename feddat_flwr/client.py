@@ -87,7 +87,9 @@ def initial_state(backbone: AdaptedBackbone, data: ClientData, global_adapter, s
 
 def _prepare(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None, global_adapter,
              seed: int):
-    """Load the global adapter as `shared` and `teacher`, the client's `local` and head."""
+    """Load the global adapter as `shared` and `teacher`, the client's `local` and head.
+    An empty global adapter (nothing communicated) stands for the initial one."""
+    global_adapter = global_adapter or backbone.initial_adapter
     state = state or initial_state(backbone, data, global_adapter, seed)
     if state.labels != data.labels:
         raise ValueError(
@@ -105,7 +107,8 @@ def _prepare(backbone: AdaptedBackbone, data: ClientData, state: ClientState | N
 def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None,
                  global_adapter: dict[str, torch.Tensor], cfg, *, lr: float, server_round: int,
                  ) -> tuple[dict[str, torch.Tensor], dict[str, float], ClientState]:
-    """One round of FedDAT on this client: returns (new shared adapter, metrics, new private state)."""
+    """One round of FedDAT on this client: returns (new shared adapter, metrics, new private state).
+    The returned adapter is empty when the method communicates nothing (local-only)."""
     state, head = _prepare(backbone, data, state, global_adapter, cfg.seed)
     round_seed = cfg.seed * 100_003 + server_round * 1_009 + data.partition_id
     torch.manual_seed(round_seed)  # LoRA dropout
@@ -124,7 +127,8 @@ def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState
         "peak-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **stats.as_metrics(),
     }
-    return backbone.adapter_state("shared"), metrics, new_state
+    shared = {} if cfg.method == "local-only" else backbone.adapter_state("shared")
+    return shared, metrics, new_state
 
 
 def evaluate_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None,

@@ -17,7 +17,10 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PRESET_DIR = CONF_DIR / "presets"
 FROM_CONF = ""  # run-config value meaning "use the value from conf/"
 
+# FedDAT, its ablations and the baselines that share the harness (see feddat_flwr/train.py).
+METHODS = ("feddat", "feddat-no-kd", "feddat-no-local", "fedavg", "fedprox", "local-only")
 CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
     "feddat.schedule": ("reference", "fast"),
     "train.optimizer": ("adamw",),
     "train.lr-schedule": ("cosine", "constant"),
@@ -33,7 +36,7 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "feddat.task-weight", "feddat.kd-weight", "lora.dropout", "train.weight-decay",
-    "train.num-threads", "data.max-train", "data.max-test", "train.min-lr-ratio",
+    "train.num-threads", "fedprox.mu", "data.max-train", "data.max-test", "train.min-lr-ratio",
 )
 UNIT_INTERVAL = ("feddat.lambda", "strategy.fraction-train", "train.beta1", "train.beta2",
                  "train.min-lr-ratio", "lora.dropout")

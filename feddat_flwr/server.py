@@ -27,7 +27,8 @@ def run_server(grid: Grid, context: Context) -> None:
     log(INFO, "FedDAT run directory: %s", run_dir)
 
     backbone = load_backbone_for(cfg)  # also builds the default model once, before any client starts
-    initial = backbone.adapter_state("shared")
+    communicate = cfg.method != "local-only"
+    initial = backbone.initial_adapter if communicate else {}
     info = {
         "model-path": backbone.name_or_path,
         "adapter-bytes": backbone.adapter_num_bytes(),
@@ -59,6 +60,7 @@ def run_server(grid: Grid, context: Context) -> None:
         evaluate_config=ConfigRecord(),
         evaluate_fn=strategy.end_of_round,
     )
-    adapter_dir = save_adapter(run_dir / ADAPTER_DIR, result.arrays.to_torch_state_dict(),
-                               backbone.lora.peft_config(backbone.name_or_path))
-    log(INFO, "FedDAT finished: results %s, final shared adapter %s", run_dir / "results.json", adapter_dir)
+    if communicate:
+        save_adapter(run_dir / ADAPTER_DIR, result.arrays.to_torch_state_dict(),
+                     backbone.lora.peft_config(backbone.name_or_path))
+    log(INFO, "%s finished: results in %s", cfg.method, run_dir)

@@ -21,10 +21,18 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from feddat_flwr.config import METHODS
 from feddat_flwr.data.encode import EncodedSplit, iterate_batches
 from feddat_flwr.losses import mkd_loss
 from feddat_flwr.model.backbone import AdaptedBackbone
 from feddat_flwr.model.head import AnswerHead
+
+
+# The FedDAT family trains the student and the DAT; the baselines train one model: the student
+# (`shared`, communicated) or the local adapter (local-only: nothing is communicated).
+# The evaluation variant that is each method's personalised model (its headline number).
+PERSONALISED_VARIANT = {"feddat": "dat", "feddat-no-kd": "dat", "feddat-no-local": "shared",
+                        "fedavg": "shared", "fedprox": "shared", "local-only": "local"}
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,12 @@ class TrainSettings:
     task_weight: float = 0.5
     kd_weight: float = 0.5
     schedule: str = "reference"
+    method: str = "feddat"
+    prox_mu: float = 0.0
 
     @classmethod
     def from_config(cls, cfg, lr: float) -> TrainSettings:
+        method = cfg.method
         return cls(
             lr=lr,
             weight_decay=cfg.train["weight-decay"],
@@ -51,14 +62,17 @@ class TrainSettings:
             lam=cfg.feddat["lambda"],
             temperature=cfg.feddat["kd-temperature"],
             task_weight=cfg.feddat["task-weight"],
-            kd_weight=cfg.feddat["kd-weight"],
+            kd_weight=0.0 if method == "feddat-no-kd" else cfg.feddat["kd-weight"],
             schedule=cfg.feddat.schedule,
+            method=method,
+            prox_mu=cfg.fedprox.mu if method == "fedprox" else 0.0,
         )
 
 
 @dataclass
 class TrainStats:
-    """Means over the round's batches; `loss` is L_s + L_D."""
+    """Means over the round's examples; `loss` is L_s + L_D. `student_*` are the losses of the
+    communicated model, `dat_*` those of the personalised one (the local adapter for local-only)."""
 
     loss: float = 0.0
     student_task: float = 0.0
@@ -127,7 +141,55 @@ def fast_step(backbone, head, optimizer, batch, s: TrainSettings):
     return student, dat
 
 
-STEPS = {"reference": reference_step, "fast": fast_step}
+def global_kd_step(backbone, head, optimizer, batch, s: TrainSettings):
+    """feddat-no-local: the student distils from the frozen global adapter (`teacher` alone)."""
+    with torch.no_grad():
+        backbone.set_mode("global")
+        z_global = _logits(backbone, head, batch)
+    backbone.set_mode("student", s.lam, trainable=("shared",))
+    student = mkd_loss(_logits(backbone, head, batch), batch["labels"], z_global,
+                       temperature=s.temperature, task_weight=s.task_weight, kd_weight=s.kd_weight)
+    _step(optimizer, student.total)
+    return student, None
+
+
+def student_step(backbone, head, optimizer, batch, s: TrainSettings):
+    """fedavg / fedprox: cross-entropy on the student, plus (mu/2)*||shared - global||^2 for fedprox
+    (`teacher` holds the round's global adapter)."""
+    backbone.set_mode("student", s.lam, trainable=("shared",))
+    student = mkd_loss(_logits(backbone, head, batch), batch["labels"], None,
+                       temperature=s.temperature, task_weight=1.0, kd_weight=0.0)
+    loss = student.total
+    if s.prox_mu > 0:
+        teacher = backbone.parameters_of("teacher")
+        loss = loss + 0.5 * s.prox_mu * sum(((p - t) ** 2).sum() for p, t in
+                                            zip(backbone.parameters_of("shared"), teacher, strict=True))
+    _step(optimizer, loss)
+    return student, None
+
+
+def local_step(backbone, head, optimizer, batch, s: TrainSettings):
+    """local-only: cross-entropy on the client's own adapter; nothing is communicated."""
+    backbone.set_mode("local", s.lam, trainable=("local",))
+    local = mkd_loss(_logits(backbone, head, batch), batch["labels"], None,
+                     temperature=s.temperature, task_weight=1.0, kd_weight=0.0)
+    _step(optimizer, local.total)
+    return None, local
+
+
+FEDDAT_SCHEDULES = {"reference": reference_step, "fast": fast_step}
+BASELINE_STEPS = {"feddat-no-local": global_kd_step, "fedavg": student_step, "fedprox": student_step,
+                  "local-only": local_step}
+
+
+def step_function(s: TrainSettings):
+    if s.method in BASELINE_STEPS:
+        return BASELINE_STEPS[s.method]
+    if s.method not in ("feddat", "feddat-no-kd"):
+        raise ValueError(f"Unknown method {s.method!r}; allowed: {', '.join(METHODS)}.")
+    if s.schedule not in FEDDAT_SCHEDULES:
+        raise ValueError(f"Unknown schedule {s.schedule!r}; allowed: {', '.join(FEDDAT_SCHEDULES)}.")
+    return FEDDAT_SCHEDULES[s.schedule]
 
 
 def train_round(
@@ -139,9 +201,7 @@ def train_round(
     generator: torch.Generator,
 ) -> TrainStats:
     """One round of local FedDAT training (`local-epochs` passes over the client's data)."""
-    if s.schedule not in STEPS:
-        raise ValueError(f"Unknown schedule {s.schedule!r}; allowed: {', '.join(STEPS)}.")
-    step = STEPS[s.schedule]
+    step = step_function(s)
     optimizer = make_optimizer(backbone, head, s)
     backbone.model.train()
     head.train()
@@ -151,11 +211,12 @@ def train_round(
         for batch in iterate_batches(data, s.batch_size, shuffle=True, generator=generator):
             student, dat = step(backbone, head, optimizer, batch, s)
             n = len(batch["labels"])
-            stats.loss += float(student.total.detach() + dat.total.detach()) * n
-            stats.student_task += float(student.task) * n
-            stats.student_kd += float(student.kd) * n
-            stats.dat_task += float(dat.task) * n
-            stats.dat_kd += float(dat.kd) * n
+            for parts, task_field, kd_field in ((student, "student_task", "student_kd"),
+                                                (dat, "dat_task", "dat_kd")):
+                if parts is not None:
+                    stats.loss += float(parts.total.detach()) * n
+                    setattr(stats, task_field, getattr(stats, task_field) + float(parts.task) * n)
+                    setattr(stats, kd_field, getattr(stats, kd_field) + float(parts.kd) * n)
             stats.num_examples += n
             stats.steps += 1
     optimizer.zero_grad(set_to_none=True)  # free gradient memory between rounds and clients

@@ -21,7 +21,8 @@ def _strategy(weighting, **kw):
 
 def _train_reply(node_id, pid, value, num_examples, arrays=None):
     sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="train")
-    arrays = arrays or {k: np.full((2, 2), value, dtype=np.float32) for k in KEYS}
+    if arrays is None:
+        arrays = {k: np.full((2, 2), value, dtype=np.float32) for k in KEYS}
     metrics = {"num-examples": num_examples, "unit-weight": 1.0, "partition-id": pid, "train-loss": value,
                "train-seconds": float(pid + 1)}
     arrays = {k: Array(v) for k, v in arrays.items()}
@@ -110,3 +111,13 @@ def test_summarize_mean_is_weighted_and_min_is_worst_client():
 def test_unknown_weighting_is_an_error():
     with pytest.raises(ValueError, match="Unknown weighting 'size'; allowed: num-examples, uniform"):
         _strategy("size")
+
+
+def test_no_communication_mode_exchanges_no_bytes():
+    strategy = FedDAT(adapter_keys=(), num_rounds=1, lr_for_round=lambda r: 0.1)
+    empty = ArrayRecord()
+    msgs = list(strategy.configure_train(1, empty, ConfigRecord(), FakeGrid()))
+    replies = [_train_reply(11, 0, 1.0, 10, arrays={}), _train_reply(12, 1, 2.0, 10, arrays={})]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert len(msgs) == 3 and len(arrays) == 0
+    assert strategy._round["bytes-down"] == 3 * empty.count_bytes() and strategy._round["failures"] == []

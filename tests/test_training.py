@@ -79,3 +79,37 @@ def test_evaluation_reports_every_variant_and_changes_nothing(setup):
     assert all(0.0 <= metrics[f"eval-{v}"] <= 1.0 for v in ("dat", "shared", "local", "majority"))
     assert metrics["num-examples"] == len(data.test)
     assert _same(state.local, local_before)
+
+
+@pytest.mark.parametrize("method", ["feddat-no-kd", "feddat-no-local", "fedavg", "fedprox", "local-only"])
+def test_methods_train_exactly_their_adapters(tiny_cfg, method):
+    cfg = tiny_cfg({"method": method, "fedprox.mu": 0.1})
+    backbone = load_backbone_for(cfg)
+    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
+    torch.manual_seed(2)
+    g = {k: torch.randn_like(v) * 0.05 for k, v in backbone.adapter_state("shared").items()}
+    shared, metrics, state = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
+    assert _same(backbone.adapter_state("teacher"), g)
+    if method == "local-only":
+        assert shared == {}  # nothing is communicated
+        assert _distance(state.local, g) > 0 and metrics["train-student-task"] == 0.0
+    else:
+        assert _distance(shared, g) > 0
+        trains_local = method == "feddat-no-kd"
+        assert (_distance(state.local, g) > 0) == trains_local
+    if method == "feddat-no-kd":
+        assert metrics["train-student-kd"] == 0.0 and metrics["train-dat-kd"] == 0.0
+    if method == "feddat-no-local":
+        assert metrics["train-student-kd"] > 0.0 and metrics["train-dat-task"] == 0.0
+
+
+def test_fedprox_term_pulls_towards_the_global_adapter(tiny_cfg):
+    distances = {}
+    for mu in (0.0, 100.0):
+        cfg = tiny_cfg({"method": "fedprox", "fedprox.mu": mu})
+        backbone = load_backbone_for(cfg)
+        data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
+        g = backbone.initial_adapter
+        shared, _, _ = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
+        distances[mu] = _distance(shared, g)
+    assert distances[100.0] < distances[0.0]

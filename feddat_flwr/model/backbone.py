@@ -20,7 +20,7 @@ from feddat_flwr.model.default_model import DEFAULT_MODEL, ensure_default_model
 ADAPTERS = ("shared", "local", "teacher")
 # Which adapters are active, each with its scale factor, in each model configuration.
 # "dat" is the Dual-Adapter Teacher; its factors are lambda (filled in by `set_mode`).
-MODES = ("student", "dat", "local")
+MODES = ("student", "dat", "local", "global")
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class AdaptedBackbone:
             for a in ADAPTERS
         }
         self.mode: str | None = None
+        # The seeded initial LoRA values (LoRA B = 0): the server's initial global adapter, and the
+        # stand-in for it when nothing is communicated (method local-only).
+        self.initial_adapter = self.adapter_state("shared")
 
     # -- adapter values -----------------------------------------------------------------
     def parameters_of(self, adapter: str) -> list[torch.nn.Parameter]:
@@ -113,9 +116,10 @@ class AdaptedBackbone:
         """Activate the adapters of `mode` and make exactly the adapters in `trainable` trainable.
 
         student: `shared` alone. dat: `local` + `teacher`, each scaled by `lam`.
-        local: `local` alone.
+        local: `local` alone. global: `teacher` (the round's global adapter) alone.
         """
-        scales = {"student": {"shared": 1.0}, "dat": {"local": lam, "teacher": lam}, "local": {"local": 1.0}}
+        scales = {"student": {"shared": 1.0}, "dat": {"local": lam, "teacher": lam}, "local": {"local": 1.0},
+                  "global": {"teacher": 1.0}}
         if mode not in scales:
             raise ValueError(f"Unknown model mode {mode!r}; allowed: {', '.join(MODES)}.")
         if "teacher" in trainable:

@@ -1,0 +1,164 @@
+"""A real Flower deployment on loopback, started with the same deploy/*.sh scripts as containers.
+
+One SuperLink (TLS and SuperNode authentication by default) and `num_nodes` SuperNodes, each a
+separate process with its own data partition, state directory, Runtime API port and FLWR_HOME;
+everything binds to 127.0.0.1 on free ports and is stopped by PID (whole process trees).
+
+    with LocalDeployment(Path("/tmp/dep"), num_nodes=3) as dep:
+        run_id, status = dep.run({"num-rounds": 2, "output-dir": "/tmp/dep/run"}, timeout=600)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from feddat_flwr.launch import (
+    APP_DIR,
+    CONNECTION,
+    OFFLINE_ENV,
+    RunFailed,
+    _flwr,
+    _json_of,
+    _wait_for_port,
+    _wait_for_run,
+    free_port,
+    stop_process,
+)
+
+DEPLOY_DIR = APP_DIR / "deploy"
+
+
+class LocalDeployment:
+    """SuperLink + SuperNodes as separate processes on 127.0.0.1 (see the module docstring)."""
+
+    def __init__(self, work_dir: Path, num_nodes: int, *, tls: bool = True, auth: bool = True,
+                 app_dir: Path = APP_DIR):
+        if auth and not tls:
+            raise ValueError("SuperNode authentication needs TLS")
+        self.work_dir = Path(work_dir).resolve()
+        self.num_nodes = num_nodes
+        self.tls, self.auth, self.app_dir = tls, auth, app_dir
+        self.certs = self.work_dir / "certs"
+        self.port = free_port()
+        self.node_ports = [free_port() for _ in range(num_nodes)]
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {**os.environ, **OFFLINE_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "FLWR_HOME": str(self.work_dir / "cli-home"), "CERTS_DIR": str(self.certs),
+                    "INSECURE": "0" if tls else "1", "NODE_AUTH": "1" if auth else "0"}
+        self.superlink: subprocess.Popen | None = None
+        self.nodes: dict[int, subprocess.Popen] = {}
+
+    # -- processes --------------------------------------------------------------------------
+    def _spawn(self, name: str, script: str, env: Mapping[str, str]) -> subprocess.Popen:
+        """Start deploy/<script> in work_dir/<name>/ with its own FLWR_HOME, logging to <name>.log."""
+        cwd = self.work_dir / name
+        cwd.mkdir(parents=True, exist_ok=True)
+        with open(self.work_dir / f"{name}.log", "a") as log:
+            return subprocess.Popen([str(DEPLOY_DIR / script)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**self.env, "FLWR_HOME": str(cwd / "flwr-home"), **env},
+                                    start_new_session=True)
+
+    def state_dir(self, i: int) -> Path:
+        return self.work_dir / f"node-{i}" / "state"
+
+    def start(self, timeout: float = 120) -> None:
+        """Certificates, SuperLink, node registration, then every SuperNode; returns once all are online."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.tls and not (self.certs / "ca.crt").exists():
+            subprocess.run([str(DEPLOY_DIR / "make-certs.sh"), str(self.certs)], check=True, capture_output=True,
+                           env={**self.env, "NUM_SUPERNODES": str(self.num_nodes)})
+        connection: dict[str, Any] = {"address": f"127.0.0.1:{self.port}"}
+        connection.update({"root-certificates": str(self.certs / "ca.crt")} if self.tls else {"insecure": True})
+        home = Path(self.env["FLWR_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION,
+                                                                        CONNECTION: connection}}))
+        self.superlink = self._spawn("superlink", "start-superlink.sh", {
+            "SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": str(self.port),
+            "SUPERLINK_DATABASE": str(self.work_dir / "superlink" / "superlink.db")})
+        _wait_for_port(self.port, self.superlink, timeout, self.work_dir / "superlink.log")
+        if self.auth:
+            keys = [str(self.certs / f"supernode-{i}.pub") for i in range(self.num_nodes)]
+            subprocess.run([str(DEPLOY_DIR / "register-nodes.sh"), CONNECTION, *keys], env=self.env,
+                           check=True, capture_output=True, text=True)
+        for i in range(self.num_nodes):
+            self.start_node(i, wait=False)
+        self.wait_for_nodes(self.num_nodes, timeout)
+
+    def start_node(self, i: int, *, wait: bool = True, timeout: float = 120) -> None:
+        """Start SuperNode `i` (partition i, state in state_dir(i)); with `wait`, until it is online."""
+        if i in self.nodes:
+            raise RuntimeError(f"SuperNode {i} is already running")
+        self.nodes[i] = self._spawn(f"node-{i}", "start-supernode.sh", {
+            "SUPERLINK_ADDRESS": f"127.0.0.1:{self.port}", "PARTITION_ID": str(i),
+            "NUM_PARTITIONS": str(self.num_nodes), "STATE_DIR": str(self.state_dir(i)),
+            "SUPERNODE_HOST": "127.0.0.1", "SUPERNODE_PORT": str(self.node_ports[i])})
+        if wait:
+            self.wait_for_nodes(len(self.nodes), timeout)
+
+    def stop_node(self, i: int) -> None:
+        """Stop SuperNode `i` and its ClientApp processes (SIGTERM: the node signs off at once)."""
+        stop_process(self.nodes.pop(i))
+
+    def online_nodes(self) -> int:
+        listing = _json_of(_flwr("supernode", "list", CONNECTION, "--format", "json", env=self.env))
+        return sum(node.get("status") == "online" for node in listing.get("nodes", []))
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        """Wait until `count` SuperNodes are online at the SuperLink."""
+        deadline = time.monotonic() + timeout
+        while self.online_nodes() < count:
+            for i, proc in self.nodes.items():
+                if proc.poll() is not None:
+                    raise RunFailed(f"SuperNode {i} exited with {proc.returncode}; log: "
+                                    f"{self.work_dir / f'node-{i}.log'}")
+            if time.monotonic() > deadline:
+                raise RunFailed(f"fewer than {count} SuperNodes online after {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop every SuperNode, then the SuperLink (with the ServerApps they started)."""
+        for i in list(self.nodes):
+            self.stop_node(i)
+        stop_process(self.superlink)
+        self.superlink = None
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- runs -------------------------------------------------------------------------------
+    def submit(self, run_config: Mapping[str, Any]) -> int:
+        """Submit a run of the app (`flwr run`) and return its run id without waiting."""
+        overrides = self.work_dir / f"run-config-{time.monotonic_ns()}.toml"
+        overrides.write_text(tomli_w.dumps(dict(run_config)))
+        reply = _json_of(_flwr("run", str(self.app_dir), CONNECTION, "--run-config", str(overrides),
+                               "--format", "json", env=self.env))
+        if not reply.get("success", False) or "run-id" not in reply:
+            raise RunFailed(f"flwr run refused the run: {reply}")
+        return int(reply["run-id"])
+
+    def wait(self, run_id: int, timeout: float) -> str:
+        """The run's final status ("finished:completed", ...) or "timeout"."""
+        return _wait_for_run(run_id, self.env, time.monotonic() + timeout)
+
+    def run(self, run_config: Mapping[str, Any], timeout: float = 3600) -> tuple[int, str]:
+        """Submit a run and wait for it: (run id, final status)."""
+        run_id = self.submit(run_config)
+        return run_id, self.wait(run_id, timeout)
