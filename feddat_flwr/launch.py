@@ -176,7 +176,7 @@ def _wait_for_run(run_id: int, env: Mapping[str, str], deadline: float) -> str:
     return "timeout"
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
     """key=value with a TOML value (strings may be bare)."""
     import tomllib
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=float, default=0.0, help="GPUs per client actor, e.g. 0.2")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="run directory (default: outputs/<timestamp>)")
-    parser.add_argument("-c", "--config", type=_parse_override, action="append", default=[],
+    parser.add_argument("-c", "--config", type=parse_override, action="append", default=[],
                         metavar="KEY=VALUE", help="run-config override, repeatable")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args(argv)
