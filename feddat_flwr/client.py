@@ -101,7 +101,7 @@ def _prepare(backbone: AdaptedBackbone, data: ClientData, state: ClientState | N
     backbone.load_adapter("local", state.local)
     head = new_head(backbone.hidden_size, len(data.labels), 0)
     head.load_state_dict(state.head)
-    return state, head
+    return state, head.to(backbone.device)
 
 
 def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None,
@@ -113,10 +113,12 @@ def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState
     round_seed = cfg.seed * 100_003 + server_round * 1_009 + data.partition_id
     torch.manual_seed(round_seed)  # LoRA dropout
     generator = torch.Generator().manual_seed(round_seed)
+    if backbone.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(backbone.device)
     stats = train_round(backbone, head, data.train, TrainSettings.from_config(cfg, lr), generator=generator)
     new_state = ClientState(
         local=backbone.adapter_state("local"),
-        head={k: v.detach().clone() for k, v in head.state_dict().items()},
+        head={k: v.detach().to("cpu", copy=True) for k, v in head.state_dict().items()},
         labels=state.labels,
         rounds_trained=state.rounds_trained + 1,
     )
@@ -127,6 +129,9 @@ def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState
         "peak-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **stats.as_metrics(),
     }
+    if backbone.device.type == "cuda":
+        metrics["peak-cuda-mb"] = torch.cuda.max_memory_allocated(backbone.device) / 2**20
+        torch.cuda.empty_cache()  # release cached blocks for the next client served by this actor
     shared = {} if cfg.method == "local-only" else backbone.adapter_state("shared")
     return shared, metrics, new_state
 

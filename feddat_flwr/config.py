@@ -24,6 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "feddat.schedule": ("reference", "fast"),
     "train.optimizer": ("adamw",),
     "train.lr-schedule": ("cosine", "constant"),
+    "train.device": ("auto", "cpu", "cuda"),
     "data.dataset": ("easy-vqa",),
     "data.partitioner": ("iid", "dirichlet", "question-type"),
     "strategy.weighting": ("num-examples", "uniform"),
@@ -36,7 +37,7 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "feddat.task-weight", "feddat.kd-weight", "lora.dropout", "train.weight-decay",
-    "train.num-threads", "fedprox.mu", "data.max-train", "data.max-test", "train.min-lr-ratio",
+"fedprox.mu", "data.max-train", "data.max-test", "train.min-lr-ratio",
 )
 UNIT_INTERVAL = ("feddat.lambda", "strategy.fraction-train", "train.beta1", "train.beta2",
                  "train.min-lr-ratio", "lora.dropout")

@@ -10,7 +10,6 @@ everything binds to 127.0.0.1 on free ports and is stopped by PID (whole process
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from feddat_flwr.launch import (
     _flwr,
     _json_of,
     _wait_for_port,
-    _wait_for_run,
     free_port,
     stop_process,
 )
@@ -123,7 +121,7 @@ class LocalDeployment:
                                     f"{self.work_dir / f'node-{i}.log'}")
             if time.monotonic() > deadline:
                 raise RunFailed(f"fewer than {count} SuperNodes online after {timeout:.0f} s")
-            time.sleep(0.5)
+            time.sleep(1)
 
     def stop(self) -> None:
         """Stop every SuperNode, then the SuperLink (with the ServerApps they started)."""
@@ -154,9 +152,17 @@ class LocalDeployment:
             raise RunFailed(f"flwr run refused the run: {reply}")
         return int(reply["run-id"])
 
-    def wait(self, run_id: int, timeout: float) -> str:
-        """The run's final status ("finished:completed", ...) or "timeout"."""
-        return _wait_for_run(run_id, self.env, time.monotonic() + timeout)
+    def wait(self, run_id: int, timeout: float, poll: float = 5.0) -> str:
+        """The run's final status ("finished:completed", ...) or "timeout". Polls every `poll`
+        seconds: each `flwr ls` costs a CPU-second or two."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = _json_of(_flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json",
+                                  env=self.env)).get("runs", [])
+            if runs and runs[0].get("status", "").startswith("finished"):
+                return runs[0]["status"]
+            time.sleep(poll)
+        return "timeout"
 
     def run(self, run_config: Mapping[str, Any], timeout: float = 3600) -> tuple[int, str]:
         """Submit a run and wait for it: (run id, final status)."""

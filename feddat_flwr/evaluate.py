@@ -25,6 +25,7 @@ def accuracy(backbone: AdaptedBackbone, head: AnswerHead, data: EncodedSplit, *,
     head.eval()
     correct = 0
     for batch in iterate_batches(data, batch_size, shuffle=False):
+        batch = backbone.to_device(batch)
         pred = head(backbone.pooled(batch)).argmax(dim=-1)
         correct += int((pred == batch["labels"]).sum())
     return correct / max(len(data), 1)

@@ -26,7 +26,8 @@ def run_server(grid: Grid, context: Context) -> None:
     run_dir = prepare_run_dir(cfg["output-dir"], context.run_id)
     log(INFO, "FedDAT run directory: %s", run_dir)
 
-    backbone = load_backbone_for(cfg)  # also builds the default model once, before any client starts
+    # Builds the default model once, before any client starts; the server only needs the adapter shapes.
+    backbone = load_backbone_for(cfg, device="cpu")
     communicate = cfg.method != "local-only"
     initial = backbone.initial_adapter if communicate else {}
     info = {

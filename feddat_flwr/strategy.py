@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 WEIGHT_KEYS = {"num-examples": "num-examples", "uniform": "unit-weight"}
 EVAL_VARIANTS = ("dat", "shared", "local", "majority")
 TRAIN_KEYS = ("train-loss", "train-student-task", "train-student-kd", "train-dat-task", "train-dat-kd",
-              "train-seconds", "train-samples-per-s", "train-steps", "peak-rss-mb")
+              "train-seconds", "train-samples-per-s", "train-steps", "peak-rss-mb", "peak-cuda-mb")
 
 
 def summarize(per_client: dict[str, dict], weight_key: str = "num-examples") -> dict[str, dict[str, float]]:

@@ -209,6 +209,7 @@ def train_round(
     start = time.perf_counter()
     for _ in range(s.local_epochs):
         for batch in iterate_batches(data, s.batch_size, shuffle=True, generator=generator):
+            batch = backbone.to_device(batch)
             student, dat = step(backbone, head, optimizer, batch, s)
             n = len(batch["labels"])
             for parts, task_field, kd_field in ((student, "student_task", "student_kd"),

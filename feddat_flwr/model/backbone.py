@@ -61,7 +61,7 @@ def _canonical(param_name: str, adapter: str) -> str:
 class AdaptedBackbone:
     """A PEFT-wrapped ViLT with adapters `shared`, `local`, `teacher` and mode switching."""
 
-    def __init__(self, name_or_path: str, lora: LoraSpec, *, seed: int = 0):
+    def __init__(self, name_or_path: str, lora: LoraSpec, *, seed: int = 0, device: str = "cpu"):
         base = ViltModel.from_pretrained(name_or_path)
         for p in base.parameters():
             p.requires_grad_(False)
@@ -74,6 +74,13 @@ class AdaptedBackbone:
             self.model = get_peft_model(base, lora.peft_config(name_or_path), adapter_name="shared")
             for name in ADAPTERS[1:]:
                 self.model.add_adapter(name, lora.peft_config(name_or_path))
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        # bf16 autocast for the backbone on GPUs that support it; adapters are stored in fp32.
+        self.amp = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self._lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
         self._params = {
             a: {_canonical(n, a): p for n, p in self.model.named_parameters() if f".{a}." in n}
@@ -90,7 +97,7 @@ class AdaptedBackbone:
 
     def adapter_state(self, adapter: str) -> dict[str, torch.Tensor]:
         """A detached fp32 copy of one adapter's tensors, keyed as in PEFT's saved adapters."""
-        return {k: p.detach().to(torch.float32, copy=True) for k, p in self._params[adapter].items()}
+        return {k: p.detach().to("cpu", torch.float32, copy=True) for k, p in self._params[adapter].items()}
 
     @torch.no_grad()
     def load_adapter(self, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
@@ -133,18 +140,33 @@ class AdaptedBackbone:
                 p.requires_grad_(adapter in trainable)
         self.mode = mode
 
+    def to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        non_blocking = self.device.type == "cuda"
+        return {k: v.to(self.device, non_blocking=non_blocking) for k, v in batch.items()}
+
     def pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled [CLS] representation of a batch under the current mode."""
+        """Pooled [CLS] representation (fp32) of a batch on the model's device, current mode."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return self.model(**inputs).pooler_output
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.model(**inputs).pooler_output.float()
+
+
+def resolve_device(name: str) -> str:
+    """auto: the GPU Flower assigned to this process (CUDA_VISIBLE_DEVICES) if any, else the CPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
+    return name
 
 
 @functools.lru_cache(maxsize=2)
-def load_backbone(name_or_path: str, cache_dir: str, lora: LoraSpec) -> AdaptedBackbone:
-    """The process-wide backbone for a checkpoint and LoRA spec (loaded once per process)."""
-    return AdaptedBackbone(resolve_model_path(name_or_path, cache_dir), lora)
+def load_backbone(name_or_path: str, cache_dir: str, lora: LoraSpec, device: str = "cpu") -> AdaptedBackbone:
+    """The process-wide backbone for a checkpoint, LoRA spec and device (loaded once per process)."""
+    return AdaptedBackbone(resolve_model_path(name_or_path, cache_dir), lora, device=device)
 
 
-def load_backbone_for(cfg) -> AdaptedBackbone:
-    """The process-wide backbone named by a run configuration."""
-    return load_backbone(cfg.model["name-or-path"], cfg.model["cache-dir"], LoraSpec.from_config(cfg.lora))
+def load_backbone_for(cfg, device: str | None = None) -> AdaptedBackbone:
+    """The process-wide backbone named by a run configuration (on `train.device` unless given)."""
+    return load_backbone(cfg.model["name-or-path"], cfg.model["cache-dir"], LoraSpec.from_config(cfg.lora),
+                         device or resolve_device(cfg.train.device))

@@ -1,0 +1,140 @@
+"""Time one local training step: plain LoRA (student only) vs FedDAT reference order vs fast schedule.
+
+    python benchmarks/step.py                       # default model + ViLT-B/32-sized config, CPU
+    python benchmarks/step.py --configs default --steps 30 --out docs/results/step-cpu.md
+    python benchmarks/step.py --device cuda         # GPU (bf16 autocast, TF32)
+
+All three run in one process on the same batch, so machine noise largely cancels in the ratios.
+Targets: fast / plain <= 2.1 (the floor of 2 forwards + 2 backwards is about 2.0) and
+reference / fast >= 1.2. The ViLT-B/32-sized model has random weights (timing only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import ViltConfig, ViltModel
+
+from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
+from feddat_flwr.model.head import new_head
+from feddat_flwr.train import TrainSettings, fast_step, make_optimizer, reference_step, student_step
+
+VILT_B32 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                image_size=384, patch_size=32, max_position_embeddings=40, vocab_size=30522)
+SCHEDULES = {"plain": student_step, "reference": reference_step, "fast": fast_step}
+
+
+def random_checkpoint(out: Path, processor_from: str) -> tuple[str, int, int]:
+    """A ViLT-B/32-sized model with random weights (plus a processor, unused for timing)."""
+    from transformers import ViltProcessor
+
+    ViltModel(ViltConfig(**VILT_B32)).save_pretrained(out)
+    ViltProcessor.from_pretrained(processor_from).save_pretrained(out)
+    return str(out), VILT_B32["image_size"], VILT_B32["max_position_embeddings"]
+
+
+def synthetic_batch(backbone: AdaptedBackbone, batch_size: int, image_size: int, text_len: int, num_labels: int,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    vocab = backbone.model.get_base_model().config.vocab_size
+    batch = {
+        "input_ids": torch.randint(5, vocab, (batch_size, text_len), generator=g),
+        "attention_mask": torch.ones(batch_size, text_len, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch_size, text_len, dtype=torch.long),
+        "pixel_values": torch.randn(batch_size, 3, image_size, image_size, generator=g),
+        "pixel_mask": torch.ones(batch_size, image_size, image_size, dtype=torch.long),
+        "labels": torch.randint(0, num_labels, (batch_size,), generator=g),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def time_schedule(backbone, head, batch, name: str, steps: int, device: torch.device, amp: bool) -> float:
+    method = "fedavg" if name == "plain" else "feddat"
+    s = TrainSettings(lr=1e-4, method=method, schedule=name if name != "plain" else "reference")
+    optimizer = make_optimizer(backbone, head, s)
+    step = SCHEDULES[name]
+    times = []
+    for i in range(steps + 3):  # 3 warm-up steps
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            step(backbone, head, optimizer, batch, s)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def bench_config(name: str, path: str, image_size: int, text_len: int, batch_size: int, steps: int,
+                 device: torch.device, amp: bool) -> dict:
+    backbone = AdaptedBackbone(path, LoraSpec(8, 16, 0.0, ("query", "value")))
+    backbone.model.to(device)
+    head = new_head(backbone.hidden_size, 13, seed=0).to(device)
+    batch = synthetic_batch(backbone, batch_size, image_size, text_len, 13, device)
+    row = {"config": name, "batch": batch_size}
+    for schedule in SCHEDULES:
+        row[schedule] = time_schedule(backbone, head, batch, schedule, steps, device, amp)
+    row["fast/plain"] = row["fast"] / row["plain"]
+    row["reference/fast"] = row["reference"] / row["fast"]
+    row["samples/s (fast)"] = batch_size / row["fast"] * 1000
+    return row
+
+
+def table(rows: list[dict], header: str) -> str:
+    cols = ["config", "batch", "plain", "reference", "fast", "fast/plain", "reference/fast", "samples/s (fast)"]
+    lines = [header, "", "| " + " | ".join(c if c in ("config", "batch") else c + (" ms" if c in SCHEDULES else "")
+                                           for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["default", "vilt-b32"], choices=["default", "vilt-b32"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=32, help="batch size of the default model")
+    parser.add_argument("--batch-b32", type=int, default=4, help="batch size of the ViLT-B/32-sized model")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    default_path = resolve_model_path("default")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs:
+            if name == "default":
+                config = ViltModel.from_pretrained(default_path).config
+                rows.append(bench_config(name, default_path, config.image_size, config.max_position_embeddings,
+                                         args.batch, args.steps, device, amp))
+            else:
+                path, image_size, text_len = random_checkpoint(Path(tmp) / "b32", default_path)
+                rows.append(bench_config(name, path, image_size, text_len, args.batch_b32, args.steps, device, amp))
+            print(table(rows[-1:], ""), flush=True)
+    threads = torch.get_num_threads() if device.type == "cpu" else "-"
+    header = (f"## Local step time ({device.type}{', bf16 autocast' if amp else ''}, torch threads {threads}, "
+              f"median of {args.steps} steps)\n\nCommand: `python benchmarks/step.py "
+              + " ".join(argv if argv is not None else sys.argv[1:]) + "`")
+    text = table(rows, header)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
