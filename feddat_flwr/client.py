@@ -8,9 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
+from feddat_flwr.data.benchmarks import client_view
+from feddat_flwr.data.domains import domain_transform
 from feddat_flwr.data.easyvqa import load_easyvqa
 from feddat_flwr.data.encode import EncodedSplit, encode_split, label_space
 from feddat_flwr.data.partition import client_split
+from feddat_flwr.data.tasks import make_task_split
 from feddat_flwr.evaluate import evaluate_variants, majority_accuracy
 from feddat_flwr.model.backbone import AdaptedBackbone, load_backbone_for
 from feddat_flwr.model.head import new_head
@@ -32,6 +35,7 @@ class DataSpec:
     """Everything that determines a client's data; hashable, so it keys the per-process cache."""
 
     partitioner: str
+    views: str
     num_partitions: int
     partition_id: int
     seed: int
@@ -47,25 +51,28 @@ class DataSpec:
                 f"(num-partitions {num_partitions})."
             )
         d = cfg.data
-        return cls(d.partitioner, num_partitions, partition_id, cfg.seed, d["dirichlet-alpha"],
-                   d["max-train"], d["max-test"])
+        return cls(d.partitioner, d["client-views"], num_partitions, partition_id, cfg.seed,
+                   d["dirichlet-alpha"], d["max-train"], d["max-test"])
 
 
 @functools.lru_cache(maxsize=16)
 def load_client_data(spec: DataSpec, backbone: AdaptedBackbone) -> ClientData:
-    """Partition and encode a client's data once per process."""
+    """Partition, derive the client's task, encode in its visual domain; once per process."""
+    view = client_view(spec.views, spec.partition_id)
     train, test = client_split(
         load_easyvqa("train"), load_easyvqa("test"),
         partitioner=spec.partitioner, num_partitions=spec.num_partitions,
         partition_id=spec.partition_id, seed=spec.seed, dirichlet_alpha=spec.dirichlet_alpha,
         max_train=spec.max_train, max_test=spec.max_test,
     )
+    train, test = make_task_split(train, view.task, spec.seed), make_task_split(test, view.task, spec.seed)
     labels = label_space(train)
+    transform = domain_transform(view.domain, spec.seed)
     return ClientData(
         partition_id=spec.partition_id,
         labels=labels,
-        train=encode_split(train, backbone.processor, labels),
-        test=encode_split(test, backbone.processor, labels),
+        train=encode_split(train, backbone.processor, labels, image_transform=transform),
+        test=encode_split(test, backbone.processor, labels, image_transform=transform),
         majority=majority_accuracy(train["answer"], test["answer"]),
     )
 

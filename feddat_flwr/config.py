@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "data.dataset": ("easy-vqa",),
     "data.partitioner": ("iid", "dirichlet", "question-type"),
+    "data.client-views": ("same", "domain", "task"),
     "strategy.weighting": ("num-examples", "uniform"),
 }
 POSITIVE = (

@@ -9,10 +9,9 @@ from datasets import Dataset
 from PIL import Image
 
 from feddat_flwr.data.attributes import COLORS, SHAPES, split_attributes, words
-from feddat_flwr.data.benchmarks import BENCHMARK_PARTITIONER, BENCHMARKS, ClientView, client_view
+from feddat_flwr.data.benchmarks import VIEWS, ClientView, client_view
 from feddat_flwr.data.domains import DOMAINS, domain_transform
 from feddat_flwr.data.easyvqa import load_easyvqa
-from feddat_flwr.data.partition import PARTITIONERS
 from feddat_flwr.data.tasks import DESCRIBE_QUESTION, TASKS, VERIFY_TEMPLATES, make_task_split
 
 PALETTE = {"black": (0, 0, 0), "blue": (0, 0, 255), "brown": (165, 42, 42), "gray": (128, 128, 128),
@@ -171,16 +170,10 @@ def test_task_texts_are_in_the_default_model_vocabulary() -> None:
 # --- benchmarks ---------------------------------------------------------------------------
 
 def test_client_view() -> None:
-    assert [client_view("domain", i, 7) for i in (0, 4, 5)] == [
-        ClientView("clean", "vqa"), ClientView("rotate", "vqa"), ClientView("clean", "vqa")]
-    assert [client_view("domain", i, 5).domain for i in range(5)] == list(DOMAINS)
-    assert [client_view("task", i, 4) for i in range(4)] == [
-        ClientView("clean", t) for t in (*TASKS, TASKS[0])]
-    for benchmark in ("function", "label-skew"):
-        assert {client_view(benchmark, i, 6) for i in range(6)} == {ClientView("clean", "vqa")}
-    assert set(BENCHMARK_PARTITIONER) == set(BENCHMARKS)
-    assert set(BENCHMARK_PARTITIONER.values()) <= set(PARTITIONERS)
-    with pytest.raises(ValueError, match=r"'mixed'.*function, domain, label-skew, task"):
-        client_view("mixed", 0, 2)
-    with pytest.raises(ValueError, match=r"partition_id must be in \[0, 2\), got 2"):
-        client_view("domain", 2, 2)
+    assert [client_view("domain", i).domain for i in range(5)] == list(DOMAINS)
+    assert client_view("domain", 5) == ClientView(DOMAINS[0], "vqa")
+    assert [client_view("task", i).task for i in range(4)] == [*TASKS, TASKS[0]]
+    assert {client_view("same", i) for i in range(6)} == {ClientView("clean", "vqa")}
+    with pytest.raises(ValueError, match="Unknown client views 'mixed'; allowed: same, domain, task"):
+        client_view("mixed", 0)
+    assert VIEWS == ("same", "domain", "task")

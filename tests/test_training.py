@@ -113,3 +113,15 @@ def test_fedprox_term_pulls_towards_the_global_adapter(tiny_cfg):
         shared, _, _ = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
         distances[mu] = _distance(shared, g)
     assert distances[100.0] < distances[0.0]
+
+
+def test_task_views_give_clients_their_own_label_spaces(tiny_cfg):
+    cfg = tiny_cfg({"preset": "task"})
+    backbone = load_backbone_for(cfg)
+    labels = [load_client_data(DataSpec.from_config(cfg, i, 3), backbone).labels for i in range(3)]
+    assert labels[1] == ["no", "yes"]  # statement verification
+    assert all(" " in label for label in labels[2])  # describe: "<colour> <shape>"
+    assert len(labels[0]) > 2 and labels[0] != labels[2]
+    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
+    _, metrics, state = train_client(backbone, data, None, backbone.initial_adapter, cfg, lr=0.01, server_round=1)
+    assert state.head["3.weight"].shape[0] == 2 and metrics["num-examples"] == len(data.train)
