@@ -19,24 +19,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import ViltConfig, ViltModel
+from transformers import ViltModel
 
 from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
 from feddat_flwr.model.head import new_head
 from feddat_flwr.train import TrainSettings, fast_step, make_optimizer, reference_step, student_step
+from vilt_sizes import VILT_B32, random_vilt_b32
 
-VILT_B32 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                image_size=384, patch_size=32, max_position_embeddings=40, vocab_size=30522)
 SCHEDULES = {"plain": student_step, "reference": reference_step, "fast": fast_step}
-
-
-def random_checkpoint(out: Path, processor_from: str) -> tuple[str, int, int]:
-    """A ViLT-B/32-sized model with random weights (plus a processor, unused for timing)."""
-    from transformers import ViltProcessor
-
-    ViltModel(ViltConfig(**VILT_B32)).save_pretrained(out)
-    ViltProcessor.from_pretrained(processor_from).save_pretrained(out)
-    return str(out), VILT_B32["image_size"], VILT_B32["max_position_embeddings"]
 
 
 def synthetic_batch(backbone: AdaptedBackbone, batch_size: int, image_size: int, text_len: int, num_labels: int,
@@ -121,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(bench_config(name, default_path, config.image_size, config.max_position_embeddings,
                                          args.batch, args.steps, device, amp))
             else:
-                path, image_size, text_len = random_checkpoint(Path(tmp) / "b32", default_path)
-                rows.append(bench_config(name, path, image_size, text_len, args.batch_b32, args.steps, device, amp))
+                path = random_vilt_b32(Path(tmp) / "b32", default_path)
+                rows.append(bench_config(name, path, VILT_B32["image_size"], VILT_B32["max_position_embeddings"],
+                                         args.batch_b32, args.steps, device, amp))
             print(table(rows[-1:], ""), flush=True)
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     header = (f"## Local step time ({device.type}{', bf16 autocast' if amp else ''}, torch threads {threads}, "

@@ -1,0 +1,58 @@
+"""Bytes a client exchanges per round (the shared LoRA adapter, fp32, each way) vs the backbone size.
+
+    python benchmarks/communication.py [--results RUN_DIR/results.json] [--out docs/results/communication.md]
+
+Computed from the adapter the app builds (default model and a ViLT-B/32-sized config, random
+weights), and, given a results.json, from the bytes the run actually exchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from feddat_flwr.config import load_config
+from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
+from vilt_sizes import random_vilt_b32
+
+
+def sizes(path: str, lora: LoraSpec) -> tuple[int, int]:
+    backbone = AdaptedBackbone(path, lora)
+    return backbone.adapter_num_bytes(), backbone.backbone_num_bytes()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, help="a run's results.json: report measured bytes too")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    lora = LoraSpec.from_config(load_config({}).lora)
+    default_path = resolve_model_path("default")
+    rows = [("default (tiny ViLT)", *sizes(default_path, lora))]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows.append(("ViLT-B/32-sized", *sizes(random_vilt_b32(Path(tmp), default_path), lora)))
+    lines = [f"## Communication per client per round (LoRA r={lora.rank} on {','.join(lora.target_modules)})", "",
+             "| backbone | adapter bytes (one way) | backbone bytes | adapter / backbone |", "|---|---|---|---|"]
+    for name, adapter, backbone in rows:
+        lines.append(f"| {name} | {adapter:,} | {backbone:,} | {100 * adapter / backbone:.3f} % |")
+    if args.results:
+        results = json.loads(args.results.read_text())
+        per_client = [(r["bytes-up"] + r["bytes-down"]) / max(len(r["clients"]), 1) for r in results["rounds"]]
+        lines += ["", f"Measured in {args.results}: {statistics.fmean(per_client):,.0f} bytes per client per round "
+                  f"(up + down, incl. evaluation messages and record framing) vs backbone "
+                  f"{results['info']['backbone-bytes']:,} bytes "
+                  f"({100 * statistics.fmean(per_client) / results['info']['backbone-bytes']:.3f} %)."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Model configurations the benchmarks time or measure (random weights: timing and sizes only)."""
+
+from pathlib import Path
+
+from transformers import ViltConfig, ViltModel, ViltProcessor
+
+# ViLT-B/32 (dandelin/vilt-b32-mlm): 12 layers, hidden 768, 384x384 images in 32x32 patches.
+VILT_B32 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                image_size=384, patch_size=32, max_position_embeddings=40, vocab_size=30522)
+
+
+def random_vilt_b32(out: Path, processor_from: str) -> str:
+    """Save a ViLT-B/32-sized model with random weights (plus a processor so it loads like a checkpoint)."""
+    ViltModel(ViltConfig(**VILT_B32)).save_pretrained(out)
+    ViltProcessor.from_pretrained(processor_from).save_pretrained(out)
+    return str(out)
