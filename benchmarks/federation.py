@@ -1,0 +1,93 @@
+"""Federation overhead: the simulation's round time vs the same clients' compute without Flower.
+
+    python benchmarks/federation.py --rounds 4 --out docs/results/federation.md [-c key=value ...]
+
+1. In one process, no Flower: every client's train + evaluate of each round, the same code and
+   configuration as the app, plus the FedAvg of the shared adapters.
+2. The app as a Flower simulation (private SuperLink, Ray), one client actor at a time with all
+   cores (client-resources-num-cpus = cores), so both sides use the same compute.
+Round 1 of the simulation carries the fixed start-up (actor start, model load, data encoding), so
+the overhead is reported per round for rounds >= 2, and round 1 separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from feddat_flwr.client import DataSpec, evaluate_client, load_client_data, train_client
+from feddat_flwr.config import load_config
+from feddat_flwr.launch import parse_override, run_simulation
+from feddat_flwr.model.backbone import load_backbone_for
+from feddat_flwr.train import round_lr
+
+
+def in_process_rounds(cfg, num_clients: int) -> list[float]:
+    """Seconds of each round's client compute + aggregation, without Flower."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    backbone = load_backbone_for(cfg)
+    clients = [load_client_data(DataSpec.from_config(cfg, i, num_clients), backbone) for i in range(num_clients)]
+    states = [None] * num_clients
+    global_adapter = backbone.initial_adapter
+    seconds = []
+    for r in range(1, cfg["num-rounds"] + 1):
+        start = time.perf_counter()
+        lr = round_lr(cfg.train.lr, cfg.train["lr-schedule"], cfg.train["min-lr-ratio"], r, cfg["num-rounds"])
+        updates = []
+        for i, data in enumerate(clients):
+            shared, metrics, states[i] = train_client(backbone, data, states[i], global_adapter, cfg, lr=lr,
+                                                      server_round=r)
+            updates.append((shared, metrics["num-examples"]))
+        total = sum(n for _, n in updates)
+        global_adapter = {k: sum(u[k] * (n / total) for u, n in updates) for k in global_adapter}
+        for i, data in enumerate(clients):
+            evaluate_client(backbone, data, states[i], global_adapter, cfg)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("-c", "--config", type=parse_override, action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    overrides = {**dict(args.config), "num-rounds": args.rounds}
+    cfg = load_config(overrides)
+    plain = in_process_rounds(cfg, args.clients)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        started = time.monotonic()
+        run_simulation({**overrides, "output-dir": str(run_dir)}, num_clients=args.clients,
+                       cpus_per_client=os.cpu_count() or 1, work_dir=Path(tmp) / "flwr", stream=False)
+        total = time.monotonic() - started
+        results = json.loads((run_dir / "results.json").read_text())
+    flower = [r["seconds"] for r in results["rounds"]]
+    later = [(f - p) / p for f, p in zip(flower[1:], plain[1:])]
+    lines = [f"## Federation overhead ({args.clients} clients, {args.rounds} rounds, one client at a time, "
+             f"{os.cpu_count()} cores)", "", "Command: `python benchmarks/federation.py "
+             + " ".join(argv if argv is not None else sys.argv[1:]) + "`", "",
+             "| round | without Flower (s) | Flower simulation (s) | overhead |", "|---|---|---|---|"]
+    for r, (p, f) in enumerate(zip(plain, flower), 1):
+        lines.append(f"| {r} | {p:.2f} | {f:.2f} | {100 * (f - p) / p:+.1f} %{' (incl. start-up)' if r == 1 else ''} |")
+    lines += ["", f"Mean overhead, rounds >= 2: {100 * statistics.fmean(later):+.1f} % (target < 15 %). "
+              f"Whole simulation incl. SuperLink/Ray start and model load: {total:.0f} s."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
