@@ -1,0 +1,50 @@
+"""Comparison summary from finished runs (fake results.json files; no training)."""
+
+import csv
+import json
+
+from feddat_flwr.compare import cell_dir, finished, run_grid, write_summary
+
+
+def _fake_run(out, benchmark, method, seed, accs, rounds=2):
+    run_dir = cell_dir(out, benchmark, method, seed)
+    run_dir.mkdir(parents=True)
+    variant = {"feddat": "dat", "fedavg": "shared"}[method]
+    records = []
+    for r in range(1, rounds + 1):
+        clients = {str(i): {"eval": {"dat": a, "shared": a, "local": a, "majority": 0.1}} for i, a in enumerate(accs)}
+        mean = sum(accs) / len(accs)
+        records.append({"round": r, "clients": clients, "bytes-up": 100, "bytes-down": 200, "seconds": 1.5,
+                        "eval": {variant: {"mean": mean * r / rounds, "min": min(accs)},
+                                 "dat" if variant == "shared" else "shared": {"mean": 0, "min": 0}}})
+    records[-1]["eval"][variant]["mean"] = sum(accs) / len(accs)
+    results = {"config": {"num-rounds": rounds}, "rounds": records, "final": records[-1]["eval"]}
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_summary_table_marks_best_and_reports_mean_std(tmp_path):
+    for seed, (a, b) in enumerate([(0.8, 0.6), (0.6, 0.6)]):
+        _fake_run(tmp_path, "function", "feddat", seed, [a, b])
+        _fake_run(tmp_path, "function", "fedavg", seed, [0.5, 0.7])
+    rows = write_summary(tmp_path, ["function"], ["feddat", "fedavg"], [0, 1], "cmd")
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| feddat (n=2) | **70.0 ± 14.1** | 60.0 ± 0.0 | **65.0 ± 7.1** | 0.0 | 3 |" in md
+    assert "| fedavg (n=2) | 50.0 ± 0.0 | **70.0 ± 0.0** | 60.0 ± 0.0 |" in md
+    assert "`cmd`" in md
+    with open(tmp_path / "comparison.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert (tmp_path / "convergence-function.png").stat().st_size > 1000
+
+
+def test_finished_cells_are_skipped_and_unfinished_ones_kept_aside(tmp_path, monkeypatch):
+    _fake_run(tmp_path, "function", "feddat", 0, [0.5, 0.5])
+    partial = cell_dir(tmp_path, "function", "fedavg", 0)
+    partial.mkdir(parents=True)
+    (partial / "results.json").write_text(json.dumps({"config": {"num-rounds": 2}, "rounds": [], "final": None}))
+    launched = []
+    monkeypatch.setattr("feddat_flwr.compare.run_simulation", lambda config, **kw: launched.append(config))
+    run_grid(tmp_path, ["function"], ["feddat", "fedavg"], [0], {"num-rounds": 2}, num_clients=2)
+    assert [c["method"] for c in launched] == ["fedavg"]
+    assert launched[0]["preset"] == "function" and launched[0]["seed"] == 0
+    kept = [p.name for p in partial.parent.iterdir() if p.name.startswith("seed-0.incomplete-")]
+    assert len(kept) == 1 and finished(cell_dir(tmp_path, "function", "feddat", 0))
