@@ -10,7 +10,9 @@ everything binds to 127.0.0.1 on free ports and is stopped by PID (whole process
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +37,15 @@ from feddat_flwr.launch import (
 DEPLOY_DIR = APP_DIR / "deploy"
 
 
+def stop_group(proc: subprocess.Popen | None) -> None:
+    """Stop a process started with start_new_session=True, its process tree, then whatever is left
+    of its process group (a SuperNode's SuperExec outlives a SuperNode that exited on its own)."""
+    stop_process(proc)
+    if proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 class LocalDeployment:
     """SuperLink + SuperNodes as separate processes on 127.0.0.1 (see the module docstring)."""
 
@@ -49,9 +60,10 @@ class LocalDeployment:
         self.port = free_port()
         self.node_ports = [free_port() for _ in range(num_nodes)]
         bin_dir = str(Path(sys.executable).parent)
-        self.env = {**os.environ, **OFFLINE_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "FLWR_HOME": str(self.work_dir / "cli-home"), "CERTS_DIR": str(self.certs),
-                    "INSECURE": "0" if tls else "1", "NODE_AUTH": "1" if auth else "0"}
+        self.env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1",
+                    "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "FLWR_HOME": str(self.work_dir / "cli-home"),  # of the `flwr` CLI
+                    "CERTS_DIR": str(self.certs), "INSECURE": str(int(not tls)), "NODE_AUTH": str(int(auth))}
         self.superlink: subprocess.Popen | None = None
         self.nodes: dict[int, subprocess.Popen] = {}
 
@@ -60,22 +72,36 @@ class LocalDeployment:
         """Start deploy/<script> in work_dir/<name>/ with its own FLWR_HOME, logging to <name>.log."""
         cwd = self.work_dir / name
         cwd.mkdir(parents=True, exist_ok=True)
-        with open(self.work_dir / f"{name}.log", "a") as log:
-            return subprocess.Popen([str(DEPLOY_DIR / script)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**self.env, "FLWR_HOME": str(cwd / "flwr-home"), **env},
-                                    start_new_session=True)
+        with open(self.log_path(name), "a") as log:
+            return subprocess.Popen([str(DEPLOY_DIR / script)], cwd=cwd, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**self.env, "FLWR_HOME": str(cwd / "flwr-home"), **env})
+
+    def _script(self, script: str, *args: str, **env: str) -> None:
+        """Run deploy/<script> to completion; RunFailed with its output if it fails."""
+        proc = subprocess.run([str(DEPLOY_DIR / script), *args], env={**self.env, **env},
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunFailed(f"{script} exited with {proc.returncode}: {proc.stdout}{proc.stderr}")
+
+    def log_path(self, name: str) -> Path:
+        """The log of "superlink" or "node-<i>" (appended to across restarts)."""
+        return self.work_dir / f"{name}.log"
 
     def state_dir(self, i: int) -> Path:
         return self.work_dir / f"node-{i}" / "state"
 
     def start(self, timeout: float = 120) -> None:
-        """Certificates, SuperLink, node registration, then every SuperNode; returns once all are online."""
+        """Certificates, SuperLink, node registration, then every SuperNode; returns once all are
+        online."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.tls and not (self.certs / "ca.crt").exists():
-            subprocess.run([str(DEPLOY_DIR / "make-certs.sh"), str(self.certs)], check=True, capture_output=True,
-                           env={**self.env, "NUM_SUPERNODES": str(self.num_nodes)})
+            self._script("make-certs.sh", str(self.certs), NUM_SUPERNODES=str(self.num_nodes))
         connection: dict[str, Any] = {"address": f"127.0.0.1:{self.port}"}
-        connection.update({"root-certificates": str(self.certs / "ca.crt")} if self.tls else {"insecure": True})
+        if self.tls:
+            connection["root-certificates"] = str(self.certs / "ca.crt")
+        else:
+            connection["insecure"] = True
         home = Path(self.env["FLWR_HOME"])
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION,
@@ -83,11 +109,10 @@ class LocalDeployment:
         self.superlink = self._spawn("superlink", "start-superlink.sh", {
             "SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": str(self.port),
             "SUPERLINK_DATABASE": str(self.work_dir / "superlink" / "superlink.db")})
-        _wait_for_port(self.port, self.superlink, timeout, self.work_dir / "superlink.log")
+        _wait_for_port(self.port, self.superlink, timeout, self.log_path("superlink"))
         if self.auth:
-            keys = [str(self.certs / f"supernode-{i}.pub") for i in range(self.num_nodes)]
-            subprocess.run([str(DEPLOY_DIR / "register-nodes.sh"), CONNECTION, *keys], env=self.env,
-                           check=True, capture_output=True, text=True)
+            self._script("register-nodes.sh", CONNECTION,
+                         *(str(self.certs / f"supernode-{i}.pub") for i in range(self.num_nodes)))
         for i in range(self.num_nodes):
             self.start_node(i, wait=False)
         self.wait_for_nodes(self.num_nodes, timeout)
@@ -105,7 +130,7 @@ class LocalDeployment:
 
     def stop_node(self, i: int) -> None:
         """Stop SuperNode `i` and its ClientApp processes (SIGTERM: the node signs off at once)."""
-        stop_process(self.nodes.pop(i))
+        stop_group(self.nodes.pop(i))
 
     def online_nodes(self) -> int:
         listing = _json_of(_flwr("supernode", "list", CONNECTION, "--format", "json", env=self.env))
@@ -118,7 +143,7 @@ class LocalDeployment:
             for i, proc in self.nodes.items():
                 if proc.poll() is not None:
                     raise RunFailed(f"SuperNode {i} exited with {proc.returncode}; log: "
-                                    f"{self.work_dir / f'node-{i}.log'}")
+                                    f"{self.log_path(f'node-{i}')}")
             if time.monotonic() > deadline:
                 raise RunFailed(f"fewer than {count} SuperNodes online after {timeout:.0f} s")
             time.sleep(1)
@@ -127,7 +152,7 @@ class LocalDeployment:
         """Stop every SuperNode, then the SuperLink (with the ServerApps they started)."""
         for i in list(self.nodes):
             self.stop_node(i)
-        stop_process(self.superlink)
+        stop_group(self.superlink)
         self.superlink = None
 
     def __enter__(self) -> LocalDeployment:

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Start one feddat-flwr SuperNode (one client): TLS to the SuperLink, authenticated with its own
+# key, its data partition and a durable state directory. Runs in the foreground (exec).
+#
+#   PARTITION_ID=0 NUM_PARTITIONS=3 deploy/start-supernode.sh [extra flower-supernode flags...]
+#
+# Settings (environment variables, defaults in brackets):
+#   SUPERLINK_ADDRESS   host:port of the SuperLink [127.0.0.1:8000]; the host must be a name in
+#                       the SuperLink certificate (deploy/make-certs.sh OUT_DIR HOSTNAME...)
+#   PARTITION_ID        this client's partition of the data, 0..NUM_PARTITIONS-1 (required)
+#   NUM_PARTITIONS      number of clients (required)
+#   STATE_DIR           where the client's private state (local adapter, head) is mirrored after
+#                       every round, <STATE_DIR>/run-<run id>; a restarted SuperNode resumes from
+#                       it. Keep it on a volume. [state]
+#   CERTS_DIR           directory holding ca.crt (and this node's key) [certs]
+#   SUPERNODE_KEY       this node's private key [$CERTS_DIR/supernode-$PARTITION_ID.key]; its public
+#                       key must be registered first (deploy/register-nodes.sh)
+#   SUPERNODE_HOST, SUPERNODE_PORT  the local Runtime API through which each ClientApp process
+#                       talks to this SuperNode; distinct ports for nodes on one host [127.0.0.1, 9094]
+#   FEDDAT_CACHE        cache of the default foundation model [~/.cache/feddat-flwr]
+#   INSECURE=1          no TLS and no authentication (local experiments only) [0]
+#   NODE_AUTH=0         TLS but no authentication key (SuperLink started with NODE_AUTH=0) [1]
+set -euo pipefail
+
+: "${PARTITION_ID:?set PARTITION_ID (0..NUM_PARTITIONS-1)}"
+: "${NUM_PARTITIONS:?set NUM_PARTITIONS (the number of clients)}"
+certs=${CERTS_DIR:-certs}
+state_dir=${STATE_DIR:-state}
+mkdir -p "$state_dir"
+state_dir=$(cd "$state_dir" && pwd)  # ClientApps run elsewhere: the node config needs an absolute path
+
+args=(--superlink "${SUPERLINK_ADDRESS:-127.0.0.1:8000}"
+      --host "${SUPERNODE_HOST:-127.0.0.1}" --port "${SUPERNODE_PORT:-9094}"
+      --node-config "partition-id=$PARTITION_ID num-partitions=$NUM_PARTITIONS state-dir=\"$state_dir\"")
+if [[ "${INSECURE:-0}" == 1 ]]; then
+    args+=(--insecure)
+else
+    args+=(--root-certificates "$certs/ca.crt")
+    if [[ "${NODE_AUTH:-1}" == 1 ]]; then
+        args+=(--auth-supernode-private-key "${SUPERNODE_KEY:-$certs/supernode-$PARTITION_ID.key}")
+    fi
+fi
+
+# Offline and quiet unless the caller says otherwise (each message starts a fresh ClientApp
+# process that inherits these).
+export FLWR_TELEMETRY_ENABLED=${FLWR_TELEMETRY_ENABLED:-0}
+export FLWR_DISABLE_UPDATE_CHECK=${FLWR_DISABLE_UPDATE_CHECK:-1}
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=${FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION:-1}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
+export HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
+
+exec flower-supernode "${args[@]}" "$@"
