@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet "$(TORCH)" -e .
+	$(VENV)/bin/pip install --quiet "$(TORCH)" -e ".[dev]"
 	touch $(STAMP)
 
 run: $(STAMP)
