@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=VALUE", help="run-config override, repeatable")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args(argv)
+    # On SIGTERM, unwind normally so that the SuperLink and everything it started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     overrides = dict(args.config)
     out = args.output_dir or Path("outputs") / time.strftime("%Y%m%d-%H%M%S")
     overrides["output-dir"] = str(out.resolve())
