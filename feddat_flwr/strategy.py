@@ -91,10 +91,18 @@ class FedDAT(FedAvg):
             if reason is None:
                 valid.append(msg)
             else:
-                node = msg.metadata.src_node_id
+                node = self._destination_of(msg)
                 log(WARNING, "Round %s %s: node %s failed: %s", self._round["round"], stage, node, reason)
                 self._round["failures"].append({"node-id": node, "stage": stage, "reason": reason})
         return valid
+
+    def _destination_of(self, reply: Message) -> int:
+        """The node a reply answers for (an error reply about a lost node comes from the SuperLink)."""
+        reply_to = reply.metadata.reply_to_message_id
+        for sent in self._round.get("_sent", []) if reply_to else []:
+            if reply_to in (sent.metadata.message_id, sent.object_id):
+                return sent.metadata.dst_node_id
+        return reply.metadata.src_node_id
 
     def _is_eval_round(self, server_round: int) -> bool:
         return server_round % self.eval_every == 0 or server_round == self.num_rounds
@@ -108,6 +116,7 @@ class FedDAT(FedAvg):
         config = ConfigRecord({**config, "lr": lr})
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._round["bytes-down"] += arrays.count_bytes() * len(messages)
+        self._round["_sent"] = messages
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -125,6 +134,7 @@ class FedDAT(FedAvg):
             return []
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         self._round["bytes-down"] += arrays.count_bytes() * len(messages)
+        self._round["_sent"] = self._round.get("_sent", []) + messages
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -147,6 +157,7 @@ class FedDAT(FedAvg):
             return None
         record = self._round
         record["seconds"] = time.perf_counter() - record.pop("_start")
+        record.pop("_sent", None)
         train_seconds = [c["train"]["seconds"] for c in record["clients"].values() if "train" in c]
         record["straggler-seconds"] = (max(train_seconds) - statistics.median(train_seconds)
                                        if train_seconds else 0.0)

@@ -67,10 +67,14 @@ def test_train_config_carries_round_lr_and_only_the_adapter():
 
 def test_reply_with_private_tensors_is_rejected_and_recorded():
     strategy = _strategy("uniform")
-    _begin_round(strategy)
     leaky = {**{k: np.ones((2, 2), np.float32) for k in KEYS}, "head.weight": np.ones(3, np.float32)}
+    _, sent = _begin_round(strategy)
+    for i, m in enumerate(sent):
+        m.metadata.__dict__["_message_id"] = f"msg-{i}"  # as the Grid does when it sends them
+    lost = next(m for m in sent if m.metadata.dst_node_id == 13)
+    TaskIdentity.node_id = 1  # the SuperLink answers for a node that went away
     replies = [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 9.0, 10, arrays=leaky),
-               Message(Error(code=0, reason="node crashed"), reply_to=Message(RecordDict(), 13, "train"))]
+               Message(Error(code=0, reason="node crashed"), reply_to=lost)]
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays[KEYS[0]].numpy(), 1.0)  # only the clean reply counted
     failures = strategy._round["failures"]
