@@ -17,7 +17,7 @@ from pathlib import Path
 
 from feddat_flwr.config import load_config
 from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
-from vilt_sizes import random_vilt_b32
+from common import random_vilt_b32, report
 
 
 def sizes(path: str, lora: LoraSpec) -> tuple[int, int]:
@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{results['info']['backbone-bytes']:,} bytes "
                   f"({100 * statistics.fmean(per_client) / results['info']['backbone-bytes']:.3f} %)."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    report(text, args.out)
     return 0
 
 

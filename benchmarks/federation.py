@@ -28,6 +28,7 @@ from feddat_flwr.config import load_config
 from feddat_flwr.launch import parse_override, run_simulation
 from feddat_flwr.model.backbone import load_backbone_for
 from feddat_flwr.train import round_lr
+from common import report
 
 
 def in_process_rounds(cfg, num_clients: int) -> list[float]:
@@ -82,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Mean overhead, rounds >= 2: {100 * statistics.fmean(later):+.1f} % (target < 15 %). "
               f"Whole simulation incl. SuperLink/Ray start and model load: {total:.0f} s."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    report(text, args.out)
     return 0
 
 

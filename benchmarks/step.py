@@ -24,7 +24,7 @@ from transformers import ViltModel
 from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
 from feddat_flwr.model.head import new_head
 from feddat_flwr.train import TrainSettings, fast_step, make_optimizer, reference_step, student_step
-from vilt_sizes import VILT_B32, random_vilt_b32
+from common import VILT_B32, random_vilt_b32, report
 
 SCHEDULES = {"plain": student_step, "reference": reference_step, "fast": fast_step}
 
@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
               f"median of {args.steps} steps)\n\nCommand: `python benchmarks/step.py "
               + " ".join(argv if argv is not None else sys.argv[1:]) + "`")
     text = table(rows, header)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    report(text, args.out)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Model configurations the benchmarks time or measure (random weights: timing and sizes only)."""
+"""Shared by the benchmark scripts: model sizes they time (random weights) and report output."""
 
 from pathlib import Path
 
@@ -14,3 +14,11 @@ def random_vilt_b32(out: Path, processor_from: str) -> str:
     ViltModel(ViltConfig(**VILT_B32)).save_pretrained(out)
     ViltProcessor.from_pretrained(processor_from).save_pretrained(out)
     return str(out)
+
+
+def report(text: str, out: Path | None) -> None:
+    """Print a benchmark's table and, if asked, write it (e.g. under docs/results/)."""
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
