@@ -69,12 +69,14 @@ class Recipe:
     image_size: int = 64
     patch_size: int = 16
     text_length: int = 16  # positions incl. [CLS]/[SEP]; easy-VQA questions need at most 12
-    batch_size: int = 128  # per objective: 128 MLM + 128 ITM examples a step
-    steps: int = 150
-    lr: float = 1e-3
+    batch_size: int = 32  # per objective: 32 MLM + 32 ITM examples a step
+    steps: int = 1000
+    lr: float = 2e-3
     warmup: float = 0.1  # fraction of the steps, then cosine decay to 0
     weight_decay: float = 0.01
-    other_mask_prob: float = 0.15  # non-content caption words masked besides colour/shape
+    color_mask_prob: float = 0.5
+    shape_mask_prob: float = 1.0  # shapes are harder to see than colours: always predict them
+    other_mask_prob: float = 0.15  # other caption words
     seed: int = 0
 
 
@@ -124,7 +126,7 @@ def build_default_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # weight init and ViLT's patch sampling use the global RNG
         generator = torch.Generator().manual_seed(seed)
-        model = ViltForMaskedLM(_vilt_config(len(processor.tokenizer)))
+        model = _new_model(len(processor.tokenizer))
         itm_head = nn.Linear(RECIPE.hidden_size, 2)
         losses = _pretrain(model, itm_head, train, captions, steps, generator, progress)
         probe = _probe(model, itm_head, test, captions, seed)
@@ -165,6 +167,16 @@ def _vilt_config(vocab_size: int) -> ViltConfig:
         image_size=r.image_size, patch_size=r.patch_size, max_position_embeddings=r.text_length,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0,
     )
+
+
+def _new_model(vocab_size: int) -> ViltForMaskedLM:
+    """A freshly initialised ViLT with MLM head. ViLT leaves the image [CLS] token and patch
+    position embeddings at zero; they get ViT's init so patches know where they are from the start."""
+    model = ViltForMaskedLM(_vilt_config(vocab_size))
+    embeddings = model.vilt.embeddings
+    for parameter in (embeddings.cls_token, embeddings.position_embeddings):
+        nn.init.trunc_normal_(parameter, std=0.02)
+    return model
 
 
 @dataclass
@@ -211,13 +223,16 @@ class _CaptionTable:
     def mask(
         self, ids: torch.Tensor, color: torch.Tensor, shape: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(masked ids, MLM labels): the colour, the shape or both masked (1/3 each), plus a
-        random share of the other words; labels are -100 where nothing is to be predicted."""
+        """(masked ids, MLM labels): the colour and the shape word each masked with its recipe
+        probability (the shape when neither is drawn), plus a random share of the other words;
+        labels are -100 where nothing is to be predicted."""
+        n = len(ids)
+        mask_color = torch.rand(n, 1, generator=generator) < RECIPE.color_mask_prob
+        mask_shape = (torch.rand(n, 1, generator=generator) < RECIPE.shape_mask_prob) | ~mask_color
         is_color = ids == self.color_ids[color][:, None]
         is_shape = ids == self.shape_ids[shape][:, None]
-        which = torch.randint(0, 3, (len(ids), 1), generator=generator)  # 0 colour, 1 shape, 2 both
         other = ~(is_color | is_shape | torch.isin(ids, self.special_ids))
-        masked = (is_color & (which != 1)) | (is_shape & (which != 0))
+        masked = (is_color & mask_color) | (is_shape & mask_shape)
         masked |= other & (torch.rand(ids.shape, generator=generator) < RECIPE.other_mask_prob)
         return ids.masked_fill(masked, self.mask_id), ids.masked_fill(~masked, -100)
 
