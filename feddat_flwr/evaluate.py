@@ -17,26 +17,21 @@ VARIANTS = {"dat": "dat", "shared": "student", "local": "local"}
 
 
 @torch.no_grad()
-def accuracy(backbone: AdaptedBackbone, head: AnswerHead, data: EncodedSplit, *, mode: str,
-             lam: float, batch_size: int) -> float:
-    """Share of examples whose argmax answer is right (answers outside the head's labels count wrong)."""
-    backbone.set_mode(mode, lam)
-    backbone.model.eval()
-    head.eval()
-    correct = 0
-    for batch in iterate_batches(data, batch_size, shuffle=False):
-        batch = backbone.to_device(batch)
-        pred = head(backbone.pooled(batch)).argmax(dim=-1)
-        correct += int((pred == batch["labels"]).sum())
-    return correct / max(len(data), 1)
-
-
 def evaluate_variants(backbone: AdaptedBackbone, head: AnswerHead, data: EncodedSplit, *, lam: float,
                       batch_size: int) -> dict[str, float]:
-    return {
-        variant: accuracy(backbone, head, data, mode=mode, lam=lam, batch_size=batch_size)
-        for variant, mode in VARIANTS.items()
-    }
+    """Each variant's share of examples whose argmax answer is right (answers outside the head's
+    labels count wrong). Every batch is embedded once and run through each variant's configuration."""
+    backbone.model.eval()
+    head.eval()
+    correct = dict.fromkeys(VARIANTS, 0)
+    for batch in iterate_batches(data, batch_size, shuffle=False):
+        batch = backbone.to_device(batch)
+        x = backbone.embed(batch)
+        for variant, mode in VARIANTS.items():
+            backbone.set_mode(mode, lam)
+            pred = head(backbone.encode(x)).argmax(dim=-1)
+            correct[variant] += int((pred == batch["labels"]).sum())
+    return {variant: n / max(len(data), 1) for variant, n in correct.items()}
 
 
 def majority_accuracy(train_answers: Sequence[str], test_answers: Sequence[str]) -> float:

@@ -24,7 +24,7 @@ import torch
 from feddat_flwr.config import METHODS
 from feddat_flwr.data.encode import EncodedSplit, iterate_batches
 from feddat_flwr.losses import mkd_loss
-from feddat_flwr.model.backbone import AdaptedBackbone
+from feddat_flwr.model.backbone import AdaptedBackbone, Embedded
 from feddat_flwr.model.head import AnswerHead
 
 
@@ -99,8 +99,8 @@ def make_optimizer(backbone: AdaptedBackbone, head: AnswerHead, s: TrainSettings
     return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
 
 
-def _logits(backbone: AdaptedBackbone, head: AnswerHead, batch) -> torch.Tensor:
-    return head(backbone.pooled(batch))
+def _logits(backbone: AdaptedBackbone, head: AnswerHead, embedded: Embedded) -> torch.Tensor:
+    return head(backbone.encode(embedded))
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -111,17 +111,18 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 def reference_step(backbone, head, optimizer, batch, s: TrainSettings):
     """The authors' order: teacher pass, student step, DAT step. Returns (L_s parts, L_D parts)."""
+    x = backbone.embed(batch)  # frozen: computed once for every configuration below
     y = batch["labels"]
     kd = dict(temperature=s.temperature, task_weight=s.task_weight, kd_weight=s.kd_weight)
     with torch.no_grad():
         backbone.set_mode("dat", s.lam)
-        z_dat0 = _logits(backbone, head, batch)
+        z_dat0 = _logits(backbone, head, x)
     backbone.set_mode("student", s.lam, trainable=("shared",))
-    z_s = _logits(backbone, head, batch)
+    z_s = _logits(backbone, head, x)
     student = mkd_loss(z_s, y, z_dat0, **kd)
     _step(optimizer, student.total)
     backbone.set_mode("dat", s.lam, trainable=("local",))
-    z_dat = _logits(backbone, head, batch)
+    z_dat = _logits(backbone, head, x)
     dat = mkd_loss(z_dat, y, z_s.detach(), **kd)
     _step(optimizer, dat.total)
     return student, dat
@@ -129,12 +130,13 @@ def reference_step(backbone, head, optimizer, batch, s: TrainSettings):
 
 def fast_step(backbone, head, optimizer, batch, s: TrainSettings):
     """Both configurations once with gradients, each the other's detached teacher; one step."""
+    x = backbone.embed(batch)  # frozen: computed once for every configuration below
     y = batch["labels"]
     kd = dict(temperature=s.temperature, task_weight=s.task_weight, kd_weight=s.kd_weight)
     backbone.set_mode("student", s.lam, trainable=("shared", "local"))
-    z_s = _logits(backbone, head, batch)
+    z_s = _logits(backbone, head, x)
     backbone.set_mode("dat", s.lam, trainable=("shared", "local"))
-    z_dat = _logits(backbone, head, batch)
+    z_dat = _logits(backbone, head, x)
     student = mkd_loss(z_s, y, z_dat.detach(), **kd)
     dat = mkd_loss(z_dat, y, z_s.detach(), **kd)
     _step(optimizer, student.total + dat.total)
@@ -143,11 +145,12 @@ def fast_step(backbone, head, optimizer, batch, s: TrainSettings):
 
 def global_kd_step(backbone, head, optimizer, batch, s: TrainSettings):
     """feddat-no-local: the student distils from the frozen global adapter (`teacher` alone)."""
+    x = backbone.embed(batch)  # frozen: computed once for every configuration below
     with torch.no_grad():
         backbone.set_mode("global")
-        z_global = _logits(backbone, head, batch)
+        z_global = _logits(backbone, head, x)
     backbone.set_mode("student", s.lam, trainable=("shared",))
-    student = mkd_loss(_logits(backbone, head, batch), batch["labels"], z_global,
+    student = mkd_loss(_logits(backbone, head, x), batch["labels"], z_global,
                        temperature=s.temperature, task_weight=s.task_weight, kd_weight=s.kd_weight)
     _step(optimizer, student.total)
     return student, None
@@ -157,7 +160,7 @@ def student_step(backbone, head, optimizer, batch, s: TrainSettings):
     """fedavg / fedprox: cross-entropy on the student, plus (mu/2)*||shared - global||^2 for fedprox
     (`teacher` holds the round's global adapter)."""
     backbone.set_mode("student", s.lam, trainable=("shared",))
-    student = mkd_loss(_logits(backbone, head, batch), batch["labels"], None,
+    student = mkd_loss(_logits(backbone, head, backbone.embed(batch)), batch["labels"], None,
                        temperature=s.temperature, task_weight=1.0, kd_weight=0.0)
     loss = student.total
     if s.prox_mu > 0:
@@ -171,7 +174,7 @@ def student_step(backbone, head, optimizer, batch, s: TrainSettings):
 def local_step(backbone, head, optimizer, batch, s: TrainSettings):
     """local-only: cross-entropy on the client's own adapter; nothing is communicated."""
     backbone.set_mode("local", s.lam, trainable=("local",))
-    local = mkd_loss(_logits(backbone, head, batch), batch["labels"], None,
+    local = mkd_loss(_logits(backbone, head, backbone.embed(batch)), batch["labels"], None,
                      temperature=s.temperature, task_weight=1.0, kd_weight=0.0)
     _step(optimizer, local.total)
     return None, local

@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import ViltModel, ViltProcessor
+from transformers.masking_utils import create_bidirectional_mask
 
 from feddat_flwr.model.default_model import DEFAULT_MODEL, ensure_default_model
 
@@ -82,11 +83,19 @@ class AdaptedBackbone:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self._lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        adapted_embeddings = [n for n, m in base.embeddings.named_modules() if isinstance(m, LoraLayer)]
+        if adapted_embeddings:  # `embed` computes them once for all configurations
+            raise ValueError(
+                f"lora.target-modules {list(lora.target_modules)} adapt embedding modules "
+                f"{adapted_embeddings[:3]}; target encoder modules only (e.g. query, value, key, dense)."
+            )
         self._params = {
             a: {_canonical(n, a): p for n, p in self.model.named_parameters() if f".{a}." in n}
             for a in ADAPTERS
         }
         self.mode: str | None = None
+        self._active: tuple[str, ...] = ()
+        self._trainable: frozenset[str] | None = None
         # The seeded initial LoRA values (LoRA B = 0): the server's initial global adapter, and the
         # stand-in for it when nothing is communicated (method local-only).
         self.initial_adapter = self.adapter_state("shared")
@@ -131,24 +140,60 @@ class AdaptedBackbone:
             raise ValueError(f"Unknown model mode {mode!r}; allowed: {', '.join(MODES)}.")
         if "teacher" in trainable:
             raise ValueError("The teacher adapter is never trainable.")
-        self.model.base_model.set_adapter(list(scales[mode]), inference_mode=True)
+        active = tuple(scales[mode])
+        if active != self._active:  # only the LoRA layers, not a walk over every module
+            for layer in self._lora_layers:
+                layer.set_adapter(list(active), inference_mode=True)
+            self.model.base_model.active_adapter = list(active)
+            self._active, self._trainable = active, None  # set_adapter froze the active adapters
         for layer in self._lora_layers:
             for adapter, scale in scales[mode].items():
                 layer.set_scale(adapter, scale)
-        for adapter in ADAPTERS:
-            for p in self._params[adapter].values():
-                p.requires_grad_(adapter in trainable)
+        if frozenset(trainable) != self._trainable:
+            for adapter in ADAPTERS:
+                for p in self._params[adapter].values():
+                    p.requires_grad_(adapter in trainable)
+            self._trainable = frozenset(trainable)
         self.mode = mode
 
     def to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
         return {k: v.to(self.device, non_blocking=non_blocking) for k, v in batch.items()}
 
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> Embedded:
+        """The frozen text + image embeddings of a batch on the model's device. No adapter acts
+        on them, so one embedding serves every configuration run on the batch."""
+        vilt = self.model.get_base_model()
+        pixel_mask = batch.get("pixel_mask")
+        if pixel_mask is None:
+            pixel_mask = torch.ones(batch["pixel_values"].shape[0], *batch["pixel_values"].shape[-2:],
+                                    dtype=torch.long, device=self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            hidden, mask = vilt.embeddings(
+                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), batch["pixel_values"],
+                pixel_mask, None, None, image_token_type_idx=1,
+            )
+        return Embedded(hidden, create_bidirectional_mask(config=vilt.config, inputs_embeds=hidden,
+                                                          attention_mask=mask))
+
+    def encode(self, embedded: Embedded) -> torch.Tensor:
+        """Pooled [CLS] representation (fp32) of embedded inputs in the current configuration."""
+        vilt = self.model.get_base_model()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            sequence = vilt.encoder(embedded.hidden, attention_mask=embedded.mask)[0]
+            return vilt.pooler(vilt.layernorm(sequence)).float()
+
     def pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Pooled [CLS] representation (fp32) of a batch on the model's device, current mode."""
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model(**inputs).pooler_output.float()
+        return self.encode(self.embed(batch))
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A batch after ViLT's (frozen, unadapted) embedding layer: what the encoder runs on."""
+
+    hidden: torch.Tensor  # [B, text + image tokens, hidden]
+    mask: torch.Tensor | None  # the encoder's attention mask
 
 
 def resolve_device(name: str) -> str:
