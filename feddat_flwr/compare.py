@@ -50,7 +50,8 @@ def finished(run_dir: Path) -> dict | None:
 
 
 def run_grid(out: Path, benchmarks, methods, seeds, overrides: dict[str, Any], num_clients: int) -> None:
-    cells = [(b, m, s) for b in benchmarks for m in methods for s in seeds]
+    # Seed by seed: if the grid is stopped early, every benchmark and method has its first seeds.
+    cells = [(b, m, s) for s in seeds for b in benchmarks for m in methods]
     for i, (benchmark, method, seed) in enumerate(cells, 1):
         run_dir = cell_dir(out, benchmark, method, seed)
         if finished(run_dir):
