@@ -44,34 +44,34 @@ def synthetic_batch(backbone: AdaptedBackbone, batch_size: int, image_size: int,
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def time_schedule(backbone, head, batch, name: str, steps: int, device: torch.device, amp: bool) -> float:
-    method = "fedavg" if name == "plain" else "feddat"
-    s = TrainSettings(lr=1e-4, method=method, schedule=name if name != "plain" else "reference")
-    optimizer = make_optimizer(backbone, head, s)
-    step = SCHEDULES[name]
-    times = []
-    for i in range(steps + 3):  # 3 warm-up steps
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+def time_schedules(backbone, head, batch, steps: int, device: torch.device) -> dict[str, float]:
+    """Median ms per step of each schedule. The schedules take turns (one step each, round-robin),
+    so a slow spell of the machine hits all of them alike and the ratios stay meaningful."""
+    runs = {}
+    for name, step in SCHEDULES.items():
+        s = TrainSettings(lr=1e-4, method="fedavg" if name == "plain" else "feddat",
+                          schedule="reference" if name == "plain" else name)
+        runs[name] = (step, s, make_optimizer(backbone, head, s))
+    times: dict[str, list[float]] = {name: [] for name in SCHEDULES}
+    for i in range(steps + 3):  # 3 warm-up rounds
+        for name, (step, s, optimizer) in runs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
             step(backbone, head, optimizer, batch, s)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
 def bench_config(name: str, path: str, image_size: int, text_len: int, batch_size: int, steps: int,
-                 device: torch.device, amp: bool) -> dict:
-    backbone = AdaptedBackbone(path, LoraSpec(8, 16, 0.0, ("query", "value")))
-    backbone.model.to(device)
+                 device: torch.device) -> dict:
+    backbone = AdaptedBackbone(path, LoraSpec(8, 16, 0.0, ("query", "value")), device=str(device))
     head = new_head(backbone.hidden_size, 13, seed=0).to(device)
     batch = synthetic_batch(backbone, batch_size, image_size, text_len, 13, device)
-    row = {"config": name, "batch": batch_size}
-    for schedule in SCHEDULES:
-        row[schedule] = time_schedule(backbone, head, batch, schedule, steps, device, amp)
+    row = {"config": name, "batch": batch_size, **time_schedules(backbone, head, batch, steps, device)}
     row["fast/plain"] = row["fast"] / row["plain"]
     row["reference/fast"] = row["reference"] / row["fast"]
     row["samples/s (fast)"] = batch_size / row["fast"] * 1000
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()  # as AdaptedBackbone decides
     torch.manual_seed(0)
     default_path = resolve_model_path("default")
     rows = []
@@ -109,15 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             if name == "default":
                 config = ViltModel.from_pretrained(default_path).config
                 rows.append(bench_config(name, default_path, config.image_size, config.max_position_embeddings,
-                                         args.batch, args.steps, device, amp))
+                                         args.batch, args.steps, device))
             else:
                 path = random_vilt_b32(Path(tmp) / "b32", default_path)
                 rows.append(bench_config(name, path, VILT_B32["image_size"], VILT_B32["max_position_embeddings"],
-                                         args.batch_b32, args.steps, device, amp))
+                                         args.batch_b32, args.steps, device))
             print(table(rows[-1:], ""), flush=True)
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     header = (f"## Local step time ({device.type}{', bf16 autocast' if amp else ''}, torch threads {threads}, "
-              f"median of {args.steps} steps)\n\nCommand: `python benchmarks/step.py "
+              f"median of {args.steps} steps, schedules taking turns)\n\nCommand: `python benchmarks/step.py "
               + " ".join(argv if argv is not None else sys.argv[1:]) + "`")
     text = table(rows, header)
     report(text, args.out)

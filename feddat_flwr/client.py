@@ -12,7 +12,7 @@ from feddat_flwr.data.benchmarks import client_view
 from feddat_flwr.data.domains import domain_transform
 from feddat_flwr.data.easyvqa import load_easyvqa
 from feddat_flwr.data.encode import EncodedSplit, encode_split, label_space
-from feddat_flwr.data.partition import client_split
+from feddat_flwr.data.partition import client_split, hold_out
 from feddat_flwr.data.tasks import make_task_split
 from feddat_flwr.evaluate import evaluate_variants, majority_accuracy
 from feddat_flwr.model.backbone import AdaptedBackbone, load_backbone_for
@@ -42,6 +42,7 @@ class DataSpec:
     dirichlet_alpha: float
     max_train: int
     max_test: int
+    validation_fraction: float
 
     @classmethod
     def from_config(cls, cfg, partition_id: int, num_partitions: int) -> DataSpec:
@@ -52,12 +53,13 @@ class DataSpec:
             )
         d = cfg.data
         return cls(d.partitioner, d["client-views"], num_partitions, partition_id, cfg.seed,
-                   d["dirichlet-alpha"], d["max-train"], d["max-test"])
+                   d["dirichlet-alpha"], d["max-train"], d["max-test"], d["validation-fraction"])
 
 
 @functools.lru_cache(maxsize=16)
 def load_client_data(spec: DataSpec, backbone: AdaptedBackbone) -> ClientData:
-    """Partition, derive the client's task, encode in its visual domain; once per process."""
+    """Partition, derive the client's task, encode in its visual domain; once per process.
+    With a validation fraction, part of the client's training rows replace its test split."""
     view = client_view(spec.views, spec.partition_id)
     train, test = client_split(
         load_easyvqa("train"), load_easyvqa("test"),
@@ -65,6 +67,8 @@ def load_client_data(spec: DataSpec, backbone: AdaptedBackbone) -> ClientData:
         partition_id=spec.partition_id, seed=spec.seed, dirichlet_alpha=spec.dirichlet_alpha,
         max_train=spec.max_train, max_test=spec.max_test,
     )
+    if spec.validation_fraction > 0:
+        train, test = hold_out(train, spec.validation_fraction, spec.seed)
     train, test = make_task_split(train, view.task, spec.seed), make_task_split(test, view.task, spec.seed)
     labels = label_space(train)
     transform = domain_transform(view.domain, spec.seed)

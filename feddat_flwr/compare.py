@@ -22,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +50,35 @@ def finished(run_dir: Path) -> dict | None:
     return None
 
 
-def run_grid(out: Path, benchmarks, methods, seeds, overrides: dict[str, Any], num_clients: int) -> None:
+def run_grid(out: Path, benchmarks, methods, seeds, overrides: dict[str, Any], num_clients: int,
+             lrs: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """Every benchmark x method x seed cell; `lrs[benchmark][method]`, where given, is the cell's
+    train.lr (e.g. the tuned ones of `python -m feddat_flwr.tune`)."""
     # Seed by seed: if the grid is stopped early, every benchmark and method has its first seeds.
-    cells = [(b, m, s) for s in seeds for b in benchmarks for m in methods]
-    for i, (benchmark, method, seed) in enumerate(cells, 1):
-        run_dir = cell_dir(out, benchmark, method, seed)
+    cells = []
+    for s in seeds:
+        for b in benchmarks:
+            for m in methods:
+                lr = (lrs or {}).get(b, {}).get(m)
+                config = {**overrides, "preset": b, "method": m, "seed": s, **({"train.lr": lr} if lr else {})}
+                cells.append((f"{b} {m} seed {s}", cell_dir(out, b, m, s), config))
+    run_cells(cells, num_clients)
+
+
+def run_cells(cells: list[tuple[str, Path, dict[str, Any]]], num_clients: int) -> None:
+    """Run each (label, run directory, run config) cell as a normal run of the app. Finished cells
+    are not run again; an unfinished cell's directory is moved aside, never deleted."""
+    for i, (label, run_dir, config) in enumerate(cells, 1):
         if finished(run_dir):
-            print(f"[{i}/{len(cells)}] {benchmark} {method} seed {seed}: done already")
+            print(f"[{i}/{len(cells)}] {label}: done already")
             continue
         if run_dir.exists():  # an interrupted run: keep it, out of the way
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"))
-        print(f"[{i}/{len(cells)}] {benchmark} {method} seed {seed} ...", flush=True)
-        config = {**overrides, "preset": benchmark, "method": method, "seed": seed, "output-dir": str(run_dir)}
+        print(f"[{i}/{len(cells)}] {label} ...", flush=True)
         started = time.monotonic()
         try:
-            run_simulation(config, num_clients=num_clients, work_dir=run_dir.with_name(f".{run_dir.name}.flwr"),
-                           stream=False)
+            run_simulation({**config, "output-dir": str(run_dir)}, num_clients=num_clients,
+                           work_dir=run_dir.with_name(f".{run_dir.name}.flwr"), stream=False)
         except RunFailed as exc:
             print(f"    FAILED: {exc}", file=sys.stderr)
             continue
@@ -174,24 +188,31 @@ def write_summary(out: Path, benchmarks, methods, seeds, command: str) -> list[d
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def grid_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a grid of runs (the comparison here, the lr tuning in feddat_flwr.tune)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory of the runs and the summary")
-    parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=available_presets(),
+                        metavar="BENCHMARK", help=f"presets in conf/presets/ (default: {' '.join(BENCHMARKS)})")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                        help=f"allowed: {', '.join(METHODS)} (default: all)")
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("-c", "--config", type=parse_override, action="append", default=[],
                         metavar="KEY=VALUE", help="run-config override for every cell, repeatable")
-    parser.add_argument("--summary-only", action="store_true", help="only rebuild the tables and plots")
+    parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary from finished runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = grid_parser(__doc__)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--lr-from", type=Path, metavar="BEST_LR_JSON",
+                        help="per benchmark and method learning rates (best-lr.json of feddat_flwr.tune)")
     args = parser.parse_args(argv)
-    for name, given, allowed in (("benchmark", args.benchmarks, available_presets()), ("method", args.methods, METHODS)):
-        bad = [g for g in given if g not in allowed]
-        if bad:
-            parser.error(f"unknown {name} {bad[0]!r}; allowed: {', '.join(allowed)}")
     out = args.out.resolve()
     if not args.summary_only:
-        run_grid(out, args.benchmarks, args.methods, args.seeds, dict(args.config), args.clients)
+        lrs = json.loads(args.lr_from.read_text()) if args.lr_from else None
+        run_grid(out, args.benchmarks, args.methods, args.seeds, dict(args.config), args.clients, lrs)
     command = "python -m feddat_flwr.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     write_summary(out, args.benchmarks, args.methods, args.seeds, command)
     print(f"summary: {out / 'comparison.md'}")

@@ -105,6 +105,9 @@ def _validate(flat: dict[str, Any]) -> None:
     for key in UNIT_INTERVAL:
         if not 0 <= flat[key] <= 1:
             raise ConfigError(f"'{key}' must be in [0, 1], got {flat[key]!r}.")
+    fraction = flat["data.validation-fraction"]
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"'data.validation-fraction' must be in [0, 1), got {fraction!r}.")
     if not flat["lora.target-modules"].strip():
         raise ConfigError("'lora.target-modules' is empty; give comma-separated module names.")
     if flat["output-dir"] and not Path(flat["output-dir"]).is_absolute():

@@ -2,12 +2,16 @@
 
 import csv
 import json
+from pathlib import Path
 
+import pytest
+
+from feddat_flwr import tune
 from feddat_flwr.compare import cell_dir, finished, run_grid, write_summary
 
 
-def _fake_run(out, benchmark, method, seed, accs, rounds=2):
-    run_dir = cell_dir(out, benchmark, method, seed)
+def _fake_run(out, benchmark, method, seed, accs, rounds=2, run_dir=None):
+    run_dir = run_dir or cell_dir(out, benchmark, method, seed)
     run_dir.mkdir(parents=True)
     variant = {"feddat": "dat", "fedavg": "shared"}[method]
     records = []
@@ -48,3 +52,43 @@ def test_finished_cells_are_skipped_and_unfinished_ones_kept_aside(tmp_path, mon
     assert launched[0]["preset"] == "function" and launched[0]["seed"] == 0
     kept = [p.name for p in partial.parent.iterdir() if p.name.startswith("seed-0.incomplete-")]
     assert len(kept) == 1 and finished(cell_dir(tmp_path, "function", "feddat", 0))
+
+
+def test_grid_cells_take_the_given_learning_rates(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr("feddat_flwr.compare.run_simulation", lambda config, **kw: launched.append(config))
+    run_grid(tmp_path, ["function"], ["feddat", "fedavg"], [0, 1], {"num-rounds": 2}, num_clients=2,
+             lrs={"function": {"fedavg": 0.004}})
+    assert [(c["method"], c["seed"], c.get("train.lr")) for c in launched] == [
+        ("feddat", 0, None), ("fedavg", 0, 0.004), ("feddat", 1, None), ("fedavg", 1, 0.004)]
+
+
+def test_tuning_runs_on_the_validation_split_and_picks_the_best_lr(tmp_path, monkeypatch):
+    accs = {("feddat", 0.001): 0.5, ("feddat", 0.004): 0.7, ("fedavg", 0.001): 0.6, ("fedavg", 0.004): 0.6}
+    launched = []
+
+    def fake_simulation(config, **kw):
+        launched.append(config)
+        _fake_run(None, None, config["method"], None, [accs[config["method"], config["train.lr"]]] * 2,
+                  run_dir=Path(config["output-dir"]))
+
+    monkeypatch.setattr("feddat_flwr.compare.run_simulation", fake_simulation)
+    argv = ["--out", str(tmp_path), "--benchmarks", "function", "--methods", "feddat", "fedavg",
+            "--lrs", "0.001", "0.004", "-c", "num-rounds=2"]
+    assert tune.main(argv) == 0
+    assert len(launched) == 4
+    assert all(c["data.validation-fraction"] == 0.2 and c["seed"] == 0 for c in launched)
+    # ties go to the smaller lr
+    assert json.loads((tmp_path / "best-lr.json").read_text()) == {"function": {"feddat": 0.004, "fedavg": 0.001}}
+    md = (tmp_path / "tuning.md").read_text()
+    assert "| feddat | 50.0 | **70.0** |" in md and "| fedavg | **60.0** | 60.0 |" in md
+    assert tune.main(argv) == 0 and len(launched) == 4  # resumable: nothing re-run
+
+
+def test_tuning_rejects_bad_arguments(tmp_path, capsys):
+    for argv, message in ((["--lrs", "0"], "--lrs must be > 0, got 0.0"),
+                          (["--validation-fraction", "1"], "--validation-fraction must be in (0, 1), got 1.0"),
+                          (["--methods", "fedsgd"], "invalid choice: 'fedsgd'")):
+        with pytest.raises(SystemExit):
+            tune.main(["--out", str(tmp_path), *argv])
+        assert message in capsys.readouterr().err

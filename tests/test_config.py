@@ -45,6 +45,7 @@ def test_config_is_read_only():
         ({"output-dir": "relative/dir"}, r"'output-dir' must be an absolute path"),
         ({"preset": "no-such-preset"}, r"Unknown preset 'no-such-preset'; available:"),
         ({"lora.target-modules": " "}, r"'lora.target-modules' is empty"),
+        ({"data.validation-fraction": 1.0}, r"'data.validation-fraction' must be in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_values_are_clear_errors(overrides, message):

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from feddat_flwr.data.easyvqa import QUESTION_TYPES, load_easyvqa
 from feddat_flwr.data.encode import encode_split, iterate_batches, label_space
-from feddat_flwr.data.partition import client_split
+from feddat_flwr.data.partition import client_split, hold_out
 
 SHAPES = {"circle", "rectangle", "triangle"}
 
@@ -124,6 +124,19 @@ def test_caps_take_seeded_subset(train: Dataset, test: Dataset) -> None:
     assert keys(tr) == keys(split(train, test, "dirichlet", 0, max_train=100, max_test=30)[0])
     big_tr, big_te = split(train, test, "dirichlet", 0, max_train=10**7, max_test=10**7)
     assert (len(big_tr), len(big_te)) == (len(full_tr), len(full_te))
+
+
+def test_hold_out_is_a_seeded_disjoint_split_of_the_training_rows(train: Dataset, test: Dataset) -> None:
+    tr, _ = split(train, test, "question-type", 1, max_train=100)
+    rest, validation = hold_out(tr, 0.2, seed=3)
+    assert (len(rest), len(validation)) == (80, 20)
+    assert sorted(keys(rest) + keys(validation)) == sorted(keys(tr))
+    assert keys(validation) == keys(hold_out(tr, 0.2, seed=3)[1])
+    assert keys(validation) != keys(hold_out(tr, 0.2, seed=4)[1])
+    assert len(hold_out(tr.select(range(3)), 0.01, seed=0)[1]) == 1  # never empty
+    for fraction in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"validation fraction must be in \\(0, 1\\), got {fraction}"):
+            hold_out(tr, fraction, seed=0)
 
 
 def test_iid_sizes_and_coverage(train: Dataset, test: Dataset) -> None:

@@ -81,6 +81,12 @@ def test_evaluation_reports_every_variant_and_changes_nothing(setup):
     assert _same(state.local, local_before)
 
 
+def test_a_validation_fraction_replaces_the_test_split_with_held_out_training_rows(tiny_cfg):
+    cfg = tiny_cfg({"data.validation-fraction": 0.25})
+    data = load_client_data(DataSpec.from_config(cfg, 0, 3), load_backbone_for(cfg))
+    assert (len(data.train), len(data.test)) == (36, 12)  # 48 capped training rows
+
+
 @pytest.mark.parametrize("method", ["feddat-no-kd", "feddat-no-local", "fedavg", "fedprox", "local-only"])
 def test_methods_train_exactly_their_adapters(tiny_cfg, method):
     cfg = tiny_cfg({"method": method, "fedprox.mu": 0.1})

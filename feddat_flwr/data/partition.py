@@ -101,3 +101,15 @@ def _cap(ds: Dataset, cap: int, seed: int) -> Dataset:
     if cap == 0 or cap >= len(ds):
         return ds
     return ds.shuffle(seed=seed).select(range(cap))
+
+
+def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split a client's training rows into (train, validation), ``fraction`` of them (seeded,
+    at least one row each) held out: the data hyperparameters are chosen on, never the test set."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    if len(train) < 2:
+        raise ValueError(f"cannot hold out a validation set from {len(train)} training row(s)")
+    size = min(max(round(fraction * len(train)), 1), len(train) - 1)
+    split = train.train_test_split(test_size=size, seed=seed, shuffle=True)
+    return split["train"], split["test"]

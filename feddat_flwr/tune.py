@@ -1,0 +1,90 @@
+"""Learning rate per benchmark and method, chosen on a validation split (never on the test set).
+
+    python -m feddat_flwr.tune --out outputs/tuning --benchmarks function domain \\
+        --methods feddat fedavg local-only --lrs 0.0005 0.001 0.002 0.004 -c num-rounds=5
+    python -m feddat_flwr.compare --out outputs/comparison --lr-from outputs/tuning/best-lr.json ...
+
+Every benchmark x method x lr cell is a normal run of the app with `data.validation-fraction`
+(--validation-fraction, default 0.2) of each client's training examples held out and evaluated
+in place of the test split, at seed --seed, into <out>/runs/<benchmark>/<method>/lr-<lr>/
+(resumable like the comparison grid). Writes tuning.md (mean personalised validation accuracy
+after the last round, per lr; best in bold) and best-lr.json ({benchmark: {method: lr}}).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from feddat_flwr.compare import finished, grid_parser, run_cells
+from feddat_flwr.results import atomic_write_bytes
+from feddat_flwr.train import PERSONALISED_VARIANT
+
+
+def tune_dir(out: Path, benchmark: str, method: str, lr: float) -> Path:
+    return out / "runs" / benchmark / method / f"lr-{lr:g}"
+
+
+def validation_accuracy(out: Path, benchmarks, methods, lrs) -> dict[str, dict[str, dict[float, float]]]:
+    """{benchmark: {method: {lr: mean personalised validation accuracy}}} of the finished cells."""
+    table: dict[str, dict[str, dict[float, float]]] = {}
+    for b in benchmarks:
+        for m in methods:
+            for lr in lrs:
+                if results := finished(tune_dir(out, b, m, lr)):
+                    accuracy = results["rounds"][-1]["eval"][PERSONALISED_VARIANT[m]]["mean"]
+                    table.setdefault(b, {}).setdefault(m, {})[lr] = accuracy
+    return table
+
+
+def best_lrs(table) -> dict[str, dict[str, float]]:
+    """The highest-accuracy lr of each benchmark and method (ties: the smaller lr)."""
+    return {b: {m: max(sorted(accs), key=accs.__getitem__) for m, accs in methods.items()}
+            for b, methods in table.items()}
+
+
+def markdown(table, lrs, command: str) -> str:
+    lines = ["# Learning rates chosen on a validation split", "", f"Produced by: `{command}`", "",
+             "Mean personalised accuracy on the held-out validation examples after the last round; "
+             "**bold**: the lr chosen (best-lr.json).", ""]
+    best = best_lrs(table)
+    for b, methods in table.items():
+        lines += [f"## {b}", "", "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+                  "|---|" + "---|" * len(lrs)]
+        for m, accs in methods.items():
+            cells = [("**{:.1f}**" if lr == best[b][m] else "{:.1f}").format(100 * accs[lr]) if lr in accs else "-"
+                     for lr in lrs]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = grid_parser(__doc__)
+    parser.add_argument("--lrs", nargs="+", type=float, default=[0.0005, 0.001, 0.002, 0.004])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validation-fraction", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    bad_lr = [lr for lr in args.lrs if not lr > 0]
+    if bad_lr:
+        parser.error(f"--lrs must be > 0, got {bad_lr[0]}")
+    if not 0 < args.validation_fraction < 1:
+        parser.error(f"--validation-fraction must be in (0, 1), got {args.validation_fraction}")
+    out = args.out.resolve()
+    if not args.summary_only:
+        common = {**dict(args.config), "seed": args.seed, "data.validation-fraction": args.validation_fraction}
+        run_cells([(f"{b} {m} lr {lr:g}", tune_dir(out, b, m, lr),
+                    {**common, "preset": b, "method": m, "train.lr": lr})
+                   for b in args.benchmarks for m in args.methods for lr in args.lrs], args.clients)
+    table = validation_accuracy(out, args.benchmarks, args.methods, args.lrs)
+    command = "python -m feddat_flwr.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "tuning.md", markdown(table, args.lrs, command).encode())
+    atomic_write_bytes(out / "best-lr.json", json.dumps(best_lrs(table), indent=2).encode())
+    print(f"summary: {out / 'tuning.md'}, {out / 'best-lr.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
