@@ -14,6 +14,7 @@ from flwr.serverapp import Grid
 
 from feddat_flwr.config import load_config, to_dict
 from feddat_flwr.model.backbone import load_backbone_for
+from feddat_flwr.prompt_grid import PromptGrid
 from feddat_flwr.results import ADAPTER_DIR, RunRecorder, prepare_run_dir, save_adapter
 from feddat_flwr.strategy import FedDAT
 from feddat_flwr.train import round_lr
@@ -54,7 +55,7 @@ def run_server(grid: Grid, context: Context) -> None:
         on_round_end=recorder.add_round,
     )
     result = strategy.start(
-        grid=grid,
+        grid=PromptGrid(grid),  # replies collected within ~50 ms, not Flower's 3-s polls
         initial_arrays=ArrayRecord(initial),
         num_rounds=num_rounds,
         train_config=ConfigRecord(),
