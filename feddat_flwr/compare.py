@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from feddat_flwr.config import METHODS, available_presets
-from feddat_flwr.launch import RunFailed, parse_override, run_simulation
+from feddat_flwr.launch import RunFailed, parse_override, run_simulation, unwind_on_sigterm
 from feddat_flwr.results import atomic_write_bytes
 from feddat_flwr.train import PERSONALISED_VARIANT
 
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-from", type=Path, metavar="BEST_LR_JSON",
                         help="per benchmark and method learning rates (best-lr.json of feddat_flwr.tune)")
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     out = args.out.resolve()
     if not args.summary_only:
         lrs = json.loads(args.lr_from.read_text()) if args.lr_from else None

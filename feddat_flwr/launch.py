@@ -105,6 +105,12 @@ def _json_of(proc: subprocess.CompletedProcess) -> dict[str, Any]:
         raise RunFailed(f"unexpected flwr output (exit {proc.returncode}): {proc.stdout}{proc.stderr}") from exc
 
 
+def unwind_on_sigterm() -> None:
+    """On SIGTERM, unwind normally (finally blocks run) so that a running simulation's SuperLink
+    and everything it started are stopped, not left behind in their own sessions."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def run_simulation(
     run_config: Mapping[str, Any],
     *,
@@ -202,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=VALUE", help="run-config override, repeatable")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args(argv)
-    # On SIGTERM, unwind normally so that the SuperLink and everything it started are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unwind_on_sigterm()
     overrides = dict(args.config)
     out = args.output_dir or Path("outputs") / time.strftime("%Y%m%d-%H%M%S")
     overrides["output-dir"] = str(out.resolve())

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from feddat_flwr.compare import finished, grid_parser, run_cells
+from feddat_flwr.launch import unwind_on_sigterm
 from feddat_flwr.results import atomic_write_bytes
 from feddat_flwr.train import PERSONALISED_VARIANT
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     bad_lr = [lr for lr in args.lrs if not lr > 0]
     if bad_lr:
         parser.error(f"--lrs must be > 0, got {bad_lr[0]}")

@@ -73,6 +73,7 @@ def test_tuning_runs_on_the_validation_split_and_picks_the_best_lr(tmp_path, mon
                   run_dir=Path(config["output-dir"]))
 
     monkeypatch.setattr("feddat_flwr.compare.run_simulation", fake_simulation)
+    monkeypatch.setattr("feddat_flwr.tune.unwind_on_sigterm", lambda: None)  # keep pytest's own handler
     argv = ["--out", str(tmp_path), "--benchmarks", "function", "--methods", "feddat", "fedavg",
             "--lrs", "0.001", "0.004", "-c", "num-rounds=2"]
     assert tune.main(argv) == 0
