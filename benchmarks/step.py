@@ -2,7 +2,7 @@
 
     python benchmarks/step.py                       # default model + ViLT-B/32-sized config, CPU
     python benchmarks/step.py --configs default --steps 30 --out docs/results/step-cpu.md
-    python benchmarks/step.py --device cuda         # GPU (bf16 autocast, TF32)
+    python benchmarks/step.py --device cuda --peak-tflops 989   # H100 SXM: bf16 autocast, TF32, share of peak
 
 All three run in one process on the same batch, so machine noise largely cancels in the ratios.
 Targets: fast / plain <= 2.1 (the floor of 2 forwards + 2 backwards is about 2.0) and
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViltModel
 
 from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
@@ -44,14 +45,21 @@ def synthetic_batch(backbone: AdaptedBackbone, batch_size: int, image_size: int,
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def time_schedules(backbone, head, batch, steps: int, device: torch.device) -> dict[str, float]:
-    """Median ms per step of each schedule. The schedules take turns (one step each, round-robin),
-    so a slow spell of the machine hits all of them alike and the ratios stay meaningful."""
+def time_schedules(backbone, head, batch, steps: int, device: torch.device) -> tuple[dict[str, float], dict[str, int]]:
+    """Median ms per step of each schedule, and the floating-point operations of one step
+    (matmuls, convolutions, attention; forward and backward; counted by torch's FlopCounterMode).
+    The schedules take turns (one step each, round-robin), so a slow spell of the machine hits
+    all of them alike and the ratios stay meaningful."""
     runs = {}
     for name, step in SCHEDULES.items():
         s = TrainSettings(lr=1e-4, method="fedavg" if name == "plain" else "feddat",
                           schedule="reference" if name == "plain" else name)
         runs[name] = (step, s, make_optimizer(backbone, head, s))
+    flops = {}
+    for name, (step, s, optimizer) in runs.items():
+        with FlopCounterMode(display=False) as counter:
+            step(backbone, head, optimizer, batch, s)
+        flops[name] = counter.get_total_flops()
     times: dict[str, list[float]] = {name: [] for name in SCHEDULES}
     for i in range(steps + 3):  # 3 warm-up rounds
         for name, (step, s, optimizer) in runs.items():
@@ -63,27 +71,31 @@ def time_schedules(backbone, head, batch, steps: int, device: torch.device) -> d
                 torch.cuda.synchronize()
             if i >= 3:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}, flops
 
 
 def bench_config(name: str, path: str, image_size: int, text_len: int, batch_size: int, steps: int,
-                 device: torch.device) -> dict:
+                 device: torch.device, peak_tflops: float | None) -> dict:
     backbone = AdaptedBackbone(path, LoraSpec(8, 16, 0.0, ("query", "value")), device=str(device))
     head = new_head(backbone.hidden_size, 13, seed=0).to(device)
     batch = synthetic_batch(backbone, batch_size, image_size, text_len, 13, device)
-    row = {"config": name, "batch": batch_size, **time_schedules(backbone, head, batch, steps, device)}
+    ms, flops = time_schedules(backbone, head, batch, steps, device)
+    row = {"config": name, "batch": batch_size, **ms}
     row["fast/plain"] = row["fast"] / row["plain"]
     row["reference/fast"] = row["reference"] / row["fast"]
     row["samples/s (fast)"] = batch_size / row["fast"] * 1000
+    row["TFLOP/s (fast)"] = flops["fast"] / row["fast"] / 1e9
+    row["% of peak (fast)"] = 100 * row["TFLOP/s (fast)"] / peak_tflops if peak_tflops else "-"
     return row
 
 
 def table(rows: list[dict], header: str) -> str:
-    cols = ["config", "batch", "plain", "reference", "fast", "fast/plain", "reference/fast", "samples/s (fast)"]
+    cols = ["config", "batch", "plain", "reference", "fast", "fast/plain", "reference/fast", "samples/s (fast)",
+            "TFLOP/s (fast)", "% of peak (fast)"]
     lines = [header, "", "| " + " | ".join(c if c in ("config", "batch") else c + (" ms" if c in SCHEDULES else "")
                                            for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(f"{r[c]:.{4 if c.startswith('TFLOP') else 2}f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32, help="batch size of the default model")
     parser.add_argument("--batch-b32", type=int, default=4, help="batch size of the ViLT-B/32-sized model")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s at the step's precision, e.g. 989 for H100 SXM bf16 dense; "
+                             "adds the share of it the fast schedule reaches")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -106,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             if name == "default":
                 config = ViltModel.from_pretrained(default_path).config
                 rows.append(bench_config(name, default_path, config.image_size, config.max_position_embeddings,
-                                         args.batch, args.steps, device))
+                                         args.batch, args.steps, device, args.peak_tflops))
             else:
                 path = random_vilt_b32(Path(tmp) / "b32", default_path)
                 rows.append(bench_config(name, path, VILT_B32["image_size"], VILT_B32["max_position_embeddings"],
-                                         args.batch_b32, args.steps, device))
+                                         args.batch_b32, args.steps, device, args.peak_tflops))
             print(table(rows[-1:], ""), flush=True)
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     header = (f"## Local step time ({device.type}{', bf16 autocast' if amp else ''}, torch threads {threads}, "
