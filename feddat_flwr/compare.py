@@ -32,6 +32,7 @@ from feddat_flwr.results import atomic_write_bytes
 from feddat_flwr.train import PERSONALISED_VARIANT
 
 BENCHMARKS = ("function", "domain", "label-skew", "task")
+BASELINES = ("fedavg", "fedprox", "local-only")  # what the target compares FedDAT against (not the ablations)
 
 
 def cell_dir(out: Path, benchmark: str, method: str, seed: int) -> Path:
@@ -141,8 +142,24 @@ def markdown(rows: list[dict], command: str) -> str:
             seeds = next(x["seeds"] for x in acc if x["method"] == method)
             lines.append(f"| {method} (n={seeds}) | " + " | ".join(cells)
                          + f" | {extra['bytes'] / 1e6:.1f} | {extra['seconds']:.0f} |")
-        lines.append("")
+        lines += ["", verdict([r for r in acc if r["column"] == "avg"]), ""]
     return "\n".join(lines)
+
+
+def verdict(averages: list[dict]) -> str:
+    """FedDAT's average against the best baseline's: the difference, and whether it exceeds one
+    std over seeds (mean_F - mean_B > max(std_F, std_B))."""
+    feddat = next((r for r in averages if r["method"] == "feddat"), None)
+    baselines = [r for r in averages if r["method"] in BASELINES]
+    if feddat is None or not baselines:
+        return "FedDAT vs baselines: not both in this table."
+    best = max(baselines, key=lambda r: r["mean"])
+    diff = feddat["mean"] - best["mean"]
+    beyond = diff > max(feddat["std"], best["std"]) and min(feddat["seeds"], best["seeds"]) > 1
+    relation = "better than" if diff > 0 else "not better than"
+    return (f"FedDAT average {100 * feddat['mean']:.1f} vs best baseline ({best['method']}) "
+            f"{100 * best['mean']:.1f}: {100 * diff:+.1f} points, {relation} it"
+            + (", beyond one std over seeds." if beyond else ", not beyond one std over seeds." if diff > 0 else "."))
 
 
 def plot_convergence(out: Path, benchmarks, methods, seeds, dest: Path) -> None:

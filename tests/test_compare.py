@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from feddat_flwr import tune
-from feddat_flwr.compare import cell_dir, finished, run_grid, write_summary
+from feddat_flwr.compare import cell_dir, finished, run_grid, verdict, write_summary
 
 
 def _fake_run(out, benchmark, method, seed, accs, rounds=2, run_dir=None):
@@ -35,9 +35,21 @@ def test_summary_table_marks_best_and_reports_mean_std(tmp_path):
     assert "| feddat (n=2) | **70.0 ± 14.1** | 60.0 ± 0.0 | **65.0 ± 7.1** | 0.0 | 3 |" in md
     assert "| fedavg (n=2) | 50.0 ± 0.0 | **70.0 ± 0.0** | 60.0 ± 0.0 |" in md
     assert "`cmd`" in md
+    assert "FedDAT average 65.0 vs best baseline (fedavg) 60.0: +5.0 points, better than it, not beyond one std" in md
     with open(tmp_path / "comparison.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (tmp_path / "convergence-function.png").stat().st_size > 1000
+
+
+def test_verdict_needs_a_gap_beyond_one_std_over_several_seeds():
+    def row(method, mean, std, seeds=3):
+        return {"method": method, "mean": mean, "std": std, "seeds": seeds}
+
+    assert verdict([row("feddat", 0.70, 0.01), row("fedavg", 0.60, 0.02), row("feddat-no-kd", 0.9, 0.0)]) == (
+        "FedDAT average 70.0 vs best baseline (fedavg) 60.0: +10.0 points, better than it, beyond one std over seeds.")
+    assert verdict([row("feddat", 0.60, 0.0), row("local-only", 0.65, 0.0)]).endswith("not better than it.")
+    assert "not beyond" in verdict([row("feddat", 0.70, 0.0, seeds=1), row("fedprox", 0.60, 0.0, seeds=1)])
+    assert verdict([row("fedavg", 0.6, 0.0)]) == "FedDAT vs baselines: not both in this table."
 
 
 def test_finished_cells_are_skipped_and_unfinished_ones_kept_aside(tmp_path, monkeypatch):
