@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from feddat_flwr.config import METHODS, available_presets
-from feddat_flwr.launch import RunFailed, parse_override, run_simulation, unwind_on_sigterm
+from feddat_flwr.launch import RunFailed, completed_results, parse_override, run_simulation, unwind_on_sigterm
 from feddat_flwr.results import atomic_write_bytes
 from feddat_flwr.train import PERSONALISED_VARIANT
 
@@ -37,18 +37,6 @@ BASELINES = ("fedavg", "fedprox", "local-only")  # what the target compares FedD
 
 def cell_dir(out: Path, benchmark: str, method: str, seed: int) -> Path:
     return out / "runs" / benchmark / method / f"seed-{seed}"
-
-
-def finished(run_dir: Path) -> dict | None:
-    """The results of a completed run in `run_dir`, else None."""
-    try:
-        results = json.loads((run_dir / "results.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    rounds = results["rounds"]
-    if results.get("final") and rounds and rounds[-1]["round"] == results["config"]["num-rounds"]:
-        return results
-    return None
 
 
 def run_grid(out: Path, benchmarks, methods, seeds, overrides: dict[str, Any], num_clients: int,
@@ -70,7 +58,7 @@ def run_cells(cells: list[tuple[str, Path, dict[str, Any]]], num_clients: int) -
     """Run each (label, run directory, run config) cell as a normal run of the app. Finished cells
     are not run again; an unfinished cell's directory is moved aside, never deleted."""
     for i, (label, run_dir, config) in enumerate(cells, 1):
-        if finished(run_dir):
+        if completed_results(run_dir):
             print(f"[{i}/{len(cells)}] {label}: done already")
             continue
         if run_dir.exists():  # an interrupted run: keep it, out of the way
@@ -95,7 +83,7 @@ def collect(out: Path, benchmarks, methods, seeds) -> list[dict]:
     rows = []
     for benchmark in benchmarks:
         for method in methods:
-            runs = [r for s in seeds if (r := finished(cell_dir(out, benchmark, method, s)))]
+            runs = [r for s in seeds if (r := completed_results(cell_dir(out, benchmark, method, s)))]
             if not runs:
                 continue
             variant = PERSONALISED_VARIANT[method]
@@ -171,7 +159,7 @@ def plot_convergence(out: Path, benchmarks, methods, seeds, dest: Path) -> None:
     for benchmark in benchmarks:
         fig, ax = plt.subplots(figsize=(6, 4))
         for method in methods:
-            runs = [r for s in seeds if (r := finished(cell_dir(out, benchmark, method, s)))]
+            runs = [r for s in seeds if (r := completed_results(cell_dir(out, benchmark, method, s)))]
             if not runs:
                 continue
             variant = PERSONALISED_VARIANT[method]

@@ -32,6 +32,7 @@ from feddat_flwr.launch import (
     _wait_for_port,
     free_port,
     stop_process,
+    wait_for_run,
 )
 
 DEPLOY_DIR = APP_DIR / "deploy"
@@ -177,19 +178,13 @@ class LocalDeployment:
             raise RunFailed(f"flwr run refused the run: {reply}")
         return int(reply["run-id"])
 
-    def wait(self, run_id: int, timeout: float, poll: float = 5.0) -> str:
-        """The run's final status ("finished:completed", ...) or "timeout". Polls every `poll`
-        seconds: each `flwr ls` costs a CPU-second or two."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            runs = _json_of(_flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json",
-                                  env=self.env)).get("runs", [])
-            if runs and runs[0].get("status", "").startswith("finished"):
-                return runs[0]["status"]
-            time.sleep(poll)
-        return "timeout"
+    def wait(self, run_id: int, timeout: float, run_dir: Path | None = None) -> str:
+        """The run's final status ("finished:completed", ...) or "timeout"; `run_dir` (the run's
+        output-dir) lets it notice the end within a second (see launch.wait_for_run)."""
+        return wait_for_run(run_id, self.env, time.monotonic() + timeout, run_dir)
 
     def run(self, run_config: Mapping[str, Any], timeout: float = 3600) -> tuple[int, str]:
         """Submit a run and wait for it: (run id, final status)."""
         run_id = self.submit(run_config)
-        return run_id, self.wait(run_id, timeout)
+        output_dir = run_config.get("output-dir")
+        return run_id, self.wait(run_id, timeout, Path(output_dir) if output_dir else None)

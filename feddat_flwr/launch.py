@@ -41,6 +41,7 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 CONNECTION = "feddat-local"
+ASK_INTERVAL = 30.0  # seconds between asking the SuperLink for a run's status (see wait_for_run)
 
 
 class RunFailed(RuntimeError):
@@ -160,7 +161,8 @@ def run_simulation(
                     [str(Path(sys.executable).with_name("flwr")), "log", str(run_id), CONNECTION, "--stream"],
                     env=env, start_new_session=True,
                 )
-            status = _wait_for_run(run_id, env, start + timeout)
+            output_dir = run_config.get("output-dir")
+            status = wait_for_run(run_id, env, start + timeout, Path(output_dir) if output_dir else None)
         finally:
             stop_process(streamer, grace=2)
             stop_process(superlink)
@@ -172,15 +174,34 @@ def run_simulation(
     return Outcome(run_id, status, seconds)
 
 
-def _wait_for_run(run_id: int, env: Mapping[str, str], deadline: float) -> str:
+def wait_for_run(run_id: int, env: Mapping[str, str], deadline: float, run_dir: Path | None) -> str:
+    """The run's final status. Asking the SuperLink costs a `flwr` CLI process (about 2 CPU-seconds,
+    which on a small machine is taken from the clients), so it is asked every ASK_INTERVAL seconds,
+    and every second once the run's results.json holds its last round (the run is ending)."""
+    next_ask = time.monotonic()
     while time.monotonic() < deadline:
-        listing = _json_of(_flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json", env=env))
-        runs = listing.get("runs", [])
-        status = runs[0].get("status", "") if runs else ""
-        if status.startswith("finished"):
-            return status
-        time.sleep(2)
+        ending = run_dir is not None and completed_results(run_dir) is not None
+        if ending or time.monotonic() >= next_ask:
+            listing = _json_of(_flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json", env=env))
+            runs = listing.get("runs", [])
+            status = runs[0].get("status", "") if runs else ""
+            if status.startswith("finished"):
+                return status
+            next_ask = time.monotonic() + ASK_INTERVAL
+        time.sleep(1)
     return "timeout"
+
+
+def completed_results(run_dir: Path) -> dict | None:
+    """The results of the run in `run_dir` if it evaluated its last round, else None."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rounds = results.get("rounds") or []
+    if results.get("final") and rounds and rounds[-1]["round"] == results["config"]["num-rounds"]:
+        return results
+    return None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

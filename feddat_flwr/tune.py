@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from feddat_flwr.compare import finished, grid_parser, run_cells
-from feddat_flwr.launch import unwind_on_sigterm
+from feddat_flwr.compare import grid_parser, run_cells
+from feddat_flwr.launch import completed_results, unwind_on_sigterm
 from feddat_flwr.results import atomic_write_bytes
 from feddat_flwr.train import PERSONALISED_VARIANT
 
@@ -33,7 +33,7 @@ def validation_accuracy(out: Path, benchmarks, methods, lrs) -> dict[str, dict[s
     for b in benchmarks:
         for m in methods:
             for lr in lrs:
-                if results := finished(tune_dir(out, b, m, lr)):
+                if results := completed_results(tune_dir(out, b, m, lr)):
                     accuracy = results["rounds"][-1]["eval"][PERSONALISED_VARIANT[m]]["mean"]
                     table.setdefault(b, {}).setdefault(m, {})[lr] = accuracy
     return table

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from feddat_flwr import tune
-from feddat_flwr.compare import cell_dir, finished, run_grid, verdict, write_summary
+from feddat_flwr.compare import cell_dir, run_grid, verdict, write_summary
+from feddat_flwr.launch import completed_results
 
 
 def _fake_run(out, benchmark, method, seed, accs, rounds=2, run_dir=None):
@@ -63,7 +64,7 @@ def test_finished_cells_are_skipped_and_unfinished_ones_kept_aside(tmp_path, mon
     assert [c["method"] for c in launched] == ["fedavg"]
     assert launched[0]["preset"] == "function" and launched[0]["seed"] == 0
     kept = [p.name for p in partial.parent.iterdir() if p.name.startswith("seed-0.incomplete-")]
-    assert len(kept) == 1 and finished(cell_dir(tmp_path, "function", "feddat", 0))
+    assert len(kept) == 1 and completed_results(cell_dir(tmp_path, "function", "feddat", 0))
 
 
 def test_grid_cells_take_the_given_learning_rates(tmp_path, monkeypatch):

@@ -103,7 +103,7 @@ def test_restarted_supernode_resumes_its_local_state(deployment: LocalDeployment
     deployment.stop_node(0)
     _wait_until(lambda: len(_rounds(out)) >= 2, deadline, "round 2 to end")
     deployment.start_node(0)
-    assert deployment.wait(run_id, timeout=max(deadline - time.monotonic(), 1)) == "finished:completed"
+    assert deployment.wait(run_id, timeout=max(deadline - time.monotonic(), 1), run_dir=out) == "finished:completed"
 
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [1, 2, 3]
