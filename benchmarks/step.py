@@ -80,7 +80,7 @@ def bench_config(name: str, path: str, image_size: int, text_len: int, batch_siz
     head = new_head(backbone.hidden_size, 13, seed=0).to(device)
     batch = synthetic_batch(backbone, batch_size, image_size, text_len, 13, device)
     ms, flops = time_schedules(backbone, head, batch, steps, device)
-    row = {"config": name, "batch": batch_size, **ms}
+    row = {"config": name, "batch": batch_size, **ms, "bf16": backbone.amp}
     row["fast/plain"] = row["fast"] / row["plain"]
     row["reference/fast"] = row["reference"] / row["fast"]
     row["samples/s (fast)"] = batch_size / row["fast"] * 1000
@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()  # as AdaptedBackbone decides
     torch.manual_seed(0)
     default_path = resolve_model_path("default")
     rows = []
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                          args.batch_b32, args.steps, device, args.peak_tflops))
             print(table(rows[-1:], ""), flush=True)
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
-    header = (f"## Local step time ({device.type}{', bf16 autocast' if amp else ''}, torch threads {threads}, "
+    header = (f"## Local step time ({device.type}{', bf16 autocast' if rows[0]['bf16'] else ''}, torch threads {threads}, "
               f"median of {args.steps} steps, schedules taking turns)\n\nCommand: `python benchmarks/step.py "
               + " ".join(argv if argv is not None else sys.argv[1:]) + "`")
     text = table(rows, header)

@@ -144,10 +144,12 @@ def verdict(averages: list[dict]) -> str:
     best = max(baselines, key=lambda r: r["mean"])
     diff = feddat["mean"] - best["mean"]
     beyond = diff > max(feddat["std"], best["std"]) and min(feddat["seeds"], best["seeds"]) > 1
-    relation = "better than" if diff > 0 else "not better than"
+    if diff <= 0:
+        outcome = "not better than it."
+    else:
+        outcome = f"better than it, {'' if beyond else 'not '}beyond one std over seeds."
     return (f"FedDAT average {100 * feddat['mean']:.1f} vs best baseline ({best['method']}) "
-            f"{100 * best['mean']:.1f}: {100 * diff:+.1f} points, {relation} it"
-            + (", beyond one std over seeds." if beyond else ", not beyond one std over seeds." if diff > 0 else "."))
+            f"{100 * best['mean']:.1f}: {100 * diff:+.1f} points, {outcome}")
 
 
 def plot_convergence(out: Path, benchmarks, methods, seeds, dest: Path) -> None:

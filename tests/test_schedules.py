@@ -37,9 +37,9 @@ def test_fast_step_equals_its_definition(tiny_cfg):
     shared, local, head_params = (backbone.parameters_of("shared"), backbone.parameters_of("local"),
                                   list(head.parameters()))
     backbone.set_mode("student", s.lam, trainable=("shared", "local"))
-    z_s = head(backbone.pooled(batch))
+    z_s = head(backbone.encode(backbone.embed(batch)))
     backbone.set_mode("dat", s.lam, trainable=("shared", "local"))
-    z_d = head(backbone.pooled(batch))
+    z_d = head(backbone.encode(backbone.embed(batch)))
     l_s = mkd_loss(z_s, batch["labels"], z_d.detach(), **kd).total
     l_d = mkd_loss(z_d, batch["labels"], z_s.detach(), **kd).total
     g_s = torch.autograd.grad(l_s, shared + head_params, retain_graph=True)
@@ -75,14 +75,14 @@ def test_student_loss_does_not_reach_local_and_dat_loss_does_not_reach_shared(ti
     backbone, head, batch = _setup(tiny_cfg)
     s = TrainSettings(lr=0.01)
     backbone.set_mode("student", s.lam, trainable=("shared", "local"))
-    z_s = head(backbone.pooled(batch))
+    z_s = head(backbone.encode(backbone.embed(batch)))
     z_s.sum().backward()
     assert all(p.grad is None for p in backbone.parameters_of("local"))
     assert all(p.grad is not None for p in backbone.parameters_of("shared"))
     for p in backbone.parameters_of("shared"):
         p.grad = None
     backbone.set_mode("dat", s.lam, trainable=("shared", "local"))
-    head(backbone.pooled(batch)).sum().backward()
+    head(backbone.encode(backbone.embed(batch))).sum().backward()
     assert all(p.grad is None for p in backbone.parameters_of("shared"))
     assert all(p.grad is not None for p in backbone.parameters_of("local"))
     assert all(p.grad is None for p in backbone.parameters_of("teacher"))

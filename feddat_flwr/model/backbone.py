@@ -183,10 +183,6 @@ class AdaptedBackbone:
             sequence = vilt.encoder(embedded.hidden, attention_mask=embedded.mask)[0]
             return vilt.pooler(vilt.layernorm(sequence)).float()
 
-    def pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled [CLS] representation (fp32) of a batch on the model's device, current mode."""
-        return self.encode(self.embed(batch))
-
 
 @dataclass(frozen=True)
 class Embedded:
