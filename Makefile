@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make run    install (first time) and run the default FedDAT federation, offline
 #   make test   install (first time) and run the test suite
+#   make test-fast  the unit tests only (no Flower processes; under 2 minutes), while developing
 PYTHON ?= python3
 VENV   ?= .venv
 # The CPU build of torch 2.13 (resolved together with the rest; an unpinned torch pulls a CUDA build).
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # Extra arguments for `make run`, e.g. ARGS="--clients 3 -c num-rounds=2 -c preset=label-skew"
 ARGS   ?=
 
-.PHONY: install run test clean-model
+.PHONY: install run test test-fast clean-model
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -18,10 +19,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/python -m feddat_flwr.launch --clients 5 $(ARGS)
+	$(VENV)/bin/python -m feddat_flwr.tools.launch --clients 5 $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not e2e"
 
 clean-model:
 	rm -rf $${FEDDAT_CACHE:-$$HOME/.cache/feddat-flwr}/models

@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from feddat_flwr.client import client_for, evaluate_client, train_client
 from feddat_flwr.config import load_config
-from feddat_flwr.state import mirror_dir, persist_state, restore_state
+from feddat_flwr.flower.state import mirror_dir, persist_state, restore_state
 
 app = ClientApp()
 
@@ -27,12 +27,12 @@ def train(msg: Message, context: Context) -> Message:
     backbone, data = client_for(cfg, context.node_config)
     mirror = mirror_dir(context.node_config, context.run_id)
     config = msg.content["config"]
-    shared, metrics, state = train_client(
+    shared, report, state = train_client(
         backbone, data, restore_state(context.state, mirror), _global_adapter(msg), cfg,
         lr=float(config["lr"]), server_round=int(config["server-round"]),
     )
     persist_state(context.state, mirror, state)
-    content = RecordDict({"arrays": ArrayRecord(shared), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": ArrayRecord(shared), "metrics": MetricRecord(report.to_metrics())})
     return Message(content=content, reply_to=msg)
 
 
@@ -41,5 +41,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = load_config(context.run_config)
     backbone, data = client_for(cfg, context.node_config)
     state = restore_state(context.state, mirror_dir(context.node_config, context.run_id))
-    metrics = evaluate_client(backbone, data, state, _global_adapter(msg), cfg)
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    report = evaluate_client(backbone, data, state, _global_adapter(msg), cfg)
+    return Message(content=RecordDict({"metrics": MetricRecord(report.to_metrics())}), reply_to=msg)

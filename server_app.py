@@ -1,9 +1,9 @@
-"""Flower ServerApp of feddat-flwr: runs the FedDAT strategy (see feddat_flwr/server.py)."""
+"""Flower ServerApp of feddat-flwr: runs the FedDAT strategy (see feddat_flwr/flower/server.py)."""
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from feddat_flwr.server import run_server
+from feddat_flwr.flower.server import run_server
 
 app = ServerApp()
 

@@ -9,7 +9,6 @@ weights), and, given a results.json, from the bytes the run actually exchanged.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from feddat_flwr.config import load_config
 from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
+from feddat_flwr.records import Results
 from common import random_vilt_b32, report
 
 
@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, adapter, backbone in rows:
         lines.append(f"| {name} | {adapter:,} | {backbone:,} | {100 * adapter / backbone:.3f} % |")
     if args.results:
-        results = json.loads(args.results.read_text())
-        per_client = [(r["bytes-up"] + r["bytes-down"]) / max(len(r["clients"]), 1) for r in results["rounds"]]
+        results = Results.load(args.results.parent)
+        per_client = [(r.bytes_up + r.bytes_down) / max(len(r.clients), 1) for r in results.rounds]
         lines += ["", f"Measured in {args.results}: {statistics.fmean(per_client):,.0f} bytes per client per round "
                   f"(up + down, incl. evaluation messages and record framing) vs backbone "
-                  f"{results['info']['backbone-bytes']:,} bytes "
-                  f"({100 * statistics.fmean(per_client) / results['info']['backbone-bytes']:.3f} %)."]
+                  f"{results.info['backbone-bytes']:,} bytes "
+                  f"({100 * statistics.fmean(per_client) / results.info['backbone-bytes']:.3f} %)."]
     text = "\n".join(lines) + "\n"
     report(text, args.out)
     return 0

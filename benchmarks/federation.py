@@ -13,7 +13,6 @@ the overhead is reported per round for rounds >= 2, and round 1 separately.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,31 +24,36 @@ import torch
 
 from feddat_flwr.client import DataSpec, evaluate_client, load_client_data, train_client
 from feddat_flwr.config import load_config
-from feddat_flwr.launch import parse_override, run_simulation
+from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import load_backbone_for
-from feddat_flwr.train import round_lr
+from feddat_flwr.records import WEIGHT_KEYS, Results
+from feddat_flwr.tools.cli import add_overrides
+from feddat_flwr.tools.launch import run_simulation
+from feddat_flwr.training.schedule import round_lr
 from common import report
 
 
 def in_process_rounds(cfg, num_clients: int) -> tuple[list[float], list[float]]:
-    """Seconds of each round's client compute + aggregation, and of its training alone, without Flower."""
+    """Seconds of each round's client compute + aggregation, and of its training alone, without Flower.
+    The aggregate is FedAvg's weighted mean under the configured strategy.weighting."""
     torch.set_num_threads(os.cpu_count() or 1)
     backbone = load_backbone_for(cfg)
     clients = [load_client_data(DataSpec.from_config(cfg, i, num_clients), backbone) for i in range(num_clients)]
     states = [None] * num_clients
-    global_adapter = backbone.initial_adapter
+    communicates = get_method(cfg.method).communicates
+    global_adapter = backbone.initial_adapter(cfg.seed) if communicates else {}
+    weight_key = WEIGHT_KEYS[cfg.strategy["weighting"]]
     seconds, train_seconds = [], []
     for r in range(1, cfg["num-rounds"] + 1):
         start = time.perf_counter()
-        lr = round_lr(cfg.train.lr, cfg.train["lr-schedule"], cfg.train["min-lr-ratio"], r, cfg["num-rounds"])
         updates, train = [], 0.0
         for i, data in enumerate(clients):
-            shared, metrics, states[i] = train_client(backbone, data, states[i], global_adapter, cfg, lr=lr,
-                                                      server_round=r)
-            updates.append((shared, metrics["num-examples"]))
-            train += metrics["train-seconds"]
-        total = sum(n for _, n in updates)
-        global_adapter = {k: sum(u[k] * (n / total) for u, n in updates) for k in global_adapter}
+            shared, reply, states[i] = train_client(backbone, data, states[i], global_adapter, cfg,
+                                                      lr=round_lr(cfg, r), server_round=r)
+            updates.append((shared, float(reply.to_metrics()[weight_key])))
+            train += reply.seconds
+        total = sum(w for _, w in updates)
+        global_adapter = {k: sum(u[k] * (w / total) for u, w in updates) for k in global_adapter}
         for i, data in enumerate(clients):
             evaluate_client(backbone, data, states[i], global_adapter, cfg)
         seconds.append(time.perf_counter() - start)
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("-c", "--config", type=parse_override, action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(parser)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     overrides = {**dict(args.config), "num-rounds": args.rounds}
@@ -73,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         run_simulation({**overrides, "output-dir": str(run_dir)}, num_clients=args.clients,
                        cpus_per_client=os.cpu_count() or 1, work_dir=Path(tmp) / "flwr", stream=False)
         total = time.monotonic() - started
-        results = json.loads((run_dir / "results.json").read_text())
-    flower = [r["seconds"] for r in results["rounds"]]
-    flower_train = [sum(c["train"]["seconds"] for c in r["clients"].values()) for r in results["rounds"]]
+        results = Results.load(run_dir)
+    flower = [r.seconds for r in results.rounds]
+    flower_train = [sum(c.train["seconds"] for c in r.clients.values()) for r in results.rounds]
     later = [(f - p) / p for f, p in zip(flower[1:], plain[1:])]
     lines = [f"## Federation overhead ({args.clients} clients, {args.rounds} rounds, one client at a time, "
              f"{os.cpu_count()} cores)", "", "Command: `python benchmarks/federation.py "

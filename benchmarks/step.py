@@ -22,12 +22,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViltModel
 
+from feddat_flwr.config import load_config
+from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
 from feddat_flwr.model.head import new_head
-from feddat_flwr.train import TrainSettings, fast_step, make_optimizer, reference_step, student_step
+from feddat_flwr.training.loop import TrainSettings, make_optimizer
 from common import VILT_B32, random_vilt_b32, report
 
-SCHEDULES = {"plain": student_step, "reference": reference_step, "fast": fast_step}
+# name -> (method, schedule): plain LoRA is fedavg's step (the shared adapter alone, task loss).
+SCHEDULES = {"plain": ("fedavg", "fast"), "reference": ("feddat", "reference"), "fast": ("feddat", "fast")}
 
 
 def synthetic_batch(backbone: AdaptedBackbone, batch_size: int, image_size: int, text_len: int, num_labels: int,
@@ -51,10 +54,9 @@ def time_schedules(backbone, head, batch, steps: int, device: torch.device) -> t
     The schedules take turns (one step each, round-robin), so a slow spell of the machine hits
     all of them alike and the ratios stay meaningful."""
     runs = {}
-    for name, step in SCHEDULES.items():
-        s = TrainSettings(lr=1e-4, method="fedavg" if name == "plain" else "feddat",
-                          schedule="reference" if name == "plain" else name)
-        runs[name] = (step, s, make_optimizer(backbone, head, s))
+    for name, (method, schedule) in SCHEDULES.items():
+        s = TrainSettings.from_config(load_config({"method": method, "feddat.schedule": schedule}), lr=1e-4)
+        runs[name] = (get_method(method).step(schedule), s, make_optimizer(backbone, head, s))
     flops = {}
     for name, (step, s, optimizer) in runs.items():
         with FlopCounterMode(display=False) as counter:
@@ -76,7 +78,7 @@ def time_schedules(backbone, head, batch, steps: int, device: torch.device) -> t
 
 def bench_config(name: str, path: str, image_size: int, text_len: int, batch_size: int, steps: int,
                  device: torch.device, peak_tflops: float | None) -> dict:
-    backbone = AdaptedBackbone(path, LoraSpec(8, 16, 0.0, ("query", "value")), device=str(device))
+    backbone = AdaptedBackbone(path, LoraSpec.from_config(load_config({}).lora), device=str(device))
     head = new_head(backbone.hidden_size, 13, seed=0).to(device)
     batch = synthetic_batch(backbone, batch_size, image_size, text_len, 13, device)
     ms, flops = time_schedules(backbone, head, batch, steps, device)

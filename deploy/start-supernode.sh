@@ -41,12 +41,9 @@ else
     fi
 fi
 
-# Offline and quiet unless the caller says otherwise (each message starts a fresh ClientApp
-# process that inherits these).
-export FLWR_TELEMETRY_ENABLED=${FLWR_TELEMETRY_ENABLED:-0}
-export FLWR_DISABLE_UPDATE_CHECK=${FLWR_DISABLE_UPDATE_CHECK:-1}
-export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=${FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION:-1}
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
-export HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
+# Offline and quiet unless the caller says otherwise (deploy/offline.env).
+while IFS='=' read -r key value; do
+    [[ -z "$key" || "$key" == \#* ]] || export "$key=${!key:-$value}"
+done < "$(dirname "${BASH_SOURCE[0]}")/offline.env"
 
 exec flower-supernode "${args[@]}" "$@"

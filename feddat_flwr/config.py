@@ -1,47 +1,107 @@
 """Configuration: conf/base.yaml defaults, an optional preset, then run-config overrides.
 
-conf/ is the single source of truth. `pyproject.toml` declares every key (Flower rejects
-unknown run-config keys) with the empty string, which means "take the value from conf/".
+conf/ is the single source of truth for every default. `pyproject.toml` declares every key
+(Flower rejects unknown run-config keys) with the empty string, which means "take the value from
+conf/". Each key has one type (its value's in base.yaml) and at most one rule (`RULES`). Keys
+with hyphens are read with item access everywhere: `cfg.train["lr-schedule"]`.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from feddat_flwr.data.partition import PARTITIONERS
+from feddat_flwr.data.views import VIEWS
+from feddat_flwr.methods import METHODS, schedules
+from feddat_flwr.model.backbone import DEVICES
+from feddat_flwr.records import WEIGHT_KEYS
+from feddat_flwr.training.schedule import LR_SCHEDULES
+
+# conf/ sits at the repository root (and so in the Flower app bundle) and is shipped inside the
+# installed package as feddat_flwr/conf/ (pyproject.toml: force-include); it is the same files.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 PRESET_DIR = CONF_DIR / "presets"
 FROM_CONF = ""  # run-config value meaning "use the value from conf/"
 
-# FedDAT, its ablations and the baselines that share the harness (see feddat_flwr/train.py).
-METHODS = ("feddat", "feddat-no-kd", "feddat-no-local", "fedavg", "fedprox", "local-only")
-CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS,
-    "feddat.schedule": ("reference", "fast"),
-    "train.optimizer": ("adamw",),
-    "train.lr-schedule": ("cosine", "constant"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "data.dataset": ("easy-vqa",),
-    "data.partitioner": ("iid", "dirichlet", "question-type"),
-    "data.client-views": ("same", "domain", "task"),
-    "strategy.weighting": ("num-examples", "uniform"),
+Rule = Callable[[Any], str | None]  # a value -> what is wrong with it, or None
+
+
+def one_of(names: Callable[[], Iterable[str]]) -> Rule:
+    """The value must be one of the names a registry owns (read when checked)."""
+    def rule(value: Any) -> str | None:
+        allowed = list(names())
+        return None if value in allowed else f"is {value!r}; allowed: {', '.join(allowed)}"
+    return rule
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value!r}"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value!r}"
+
+
+def unit_interval(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else f"must be in [0, 1], got {value!r}"
+
+
+def fraction_below_one(value: Any) -> str | None:
+    return None if 0 <= value < 1 else f"must be in [0, 1), got {value!r}"
+
+
+def module_list(value: Any) -> str | None:
+    return None if str(value).strip(" ,") else "is empty; give comma-separated module names"
+
+
+def absolute_or_empty(value: Any) -> str | None:
+    return None if not value or Path(value).is_absolute() else f"must be an absolute path, got {value!r}"
+
+
+# The one validation rule of each key that has one (the type rule, "same type as in
+# conf/base.yaml", applies to every key). Choice lists come from the registries that own them.
+RULES: dict[str, Rule] = {
+    "method": one_of(lambda: METHODS),
+    "num-rounds": positive,
+    "output-dir": absolute_or_empty,
+    "lora.rank": positive,
+    "lora.alpha": positive,
+    "lora.dropout": unit_interval,
+    "lora.target-modules": module_list,
+    "feddat.lambda": unit_interval,
+    "feddat.kd-temperature": positive,
+    "feddat.task-weight": non_negative,
+    "feddat.kd-weight": non_negative,
+    "feddat.schedule": one_of(schedules),
+    "fedprox.mu": non_negative,
+    "train.lr": positive,
+    "train.lr-schedule": one_of(lambda: LR_SCHEDULES),
+    "train.min-lr-ratio": unit_interval,
+    "train.weight-decay": non_negative,
+    "train.beta1": unit_interval,
+    "train.beta2": unit_interval,
+    "train.batch-size": positive,
+    "train.local-epochs": positive,
+    "train.eval-batch-size": positive,
+    "train.device": one_of(lambda: DEVICES),
+    "data.partitioner": one_of(lambda: PARTITIONERS),
+    "data.client-views": one_of(lambda: VIEWS),
+    "data.dirichlet-alpha": positive,
+    "data.max-train": non_negative,
+    "data.max-test": non_negative,
+    "data.validation-fraction": fraction_below_one,
+    "strategy.weighting": one_of(lambda: WEIGHT_KEYS),
+    "strategy.fraction-train": unit_interval,
+    "strategy.min-train-clients": positive,
+    "strategy.min-available-clients": positive,
+    "strategy.eval-every": positive,
 }
-POSITIVE = (
-    "num-rounds", "lora.rank", "lora.alpha", "feddat.kd-temperature", "train.lr",
-    "train.batch-size", "train.local-epochs", "train.eval-batch-size",
-    "data.dirichlet-alpha", "strategy.min-train-clients",
-    "strategy.min-available-clients", "strategy.eval-every",
-)
-NON_NEGATIVE = (
-    "feddat.task-weight", "feddat.kd-weight", "lora.dropout", "train.weight-decay",
-"fedprox.mu", "data.max-train", "data.max-test", "train.min-lr-ratio",
-)
-UNIT_INTERVAL = ("feddat.lambda", "strategy.fraction-train", "train.beta1", "train.beta2",
-                 "train.min-lr-ratio", "lora.dropout")
 
 
 class ConfigError(ValueError):
@@ -93,25 +153,10 @@ def _apply(flat: dict[str, Any], overrides: Mapping[str, Any], source: str) -> N
 
 
 def _validate(flat: dict[str, Any]) -> None:
-    for key, allowed in CHOICES.items():
-        if flat[key] not in allowed:
-            raise ConfigError(f"'{key}' is {flat[key]!r}; allowed: {', '.join(allowed)}.")
-    for key in POSITIVE:
-        if not flat[key] > 0:
-            raise ConfigError(f"'{key}' must be > 0, got {flat[key]!r}.")
-    for key in NON_NEGATIVE:
-        if flat[key] < 0:
-            raise ConfigError(f"'{key}' must be >= 0, got {flat[key]!r}.")
-    for key in UNIT_INTERVAL:
-        if not 0 <= flat[key] <= 1:
-            raise ConfigError(f"'{key}' must be in [0, 1], got {flat[key]!r}.")
-    fraction = flat["data.validation-fraction"]
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"'data.validation-fraction' must be in [0, 1), got {fraction!r}.")
-    if not flat["lora.target-modules"].strip():
-        raise ConfigError("'lora.target-modules' is empty; give comma-separated module names.")
-    if flat["output-dir"] and not Path(flat["output-dir"]).is_absolute():
-        raise ConfigError(f"'output-dir' must be an absolute path, got {flat['output-dir']!r}.")
+    for key, rule in RULES.items():
+        problem = rule(flat[key])
+        if problem is not None:
+            raise ConfigError(f"'{key}' {problem}.")
 
 
 def load_config(run_config: Mapping[str, Any] | None = None) -> DictConfig:
@@ -122,9 +167,9 @@ def load_config(run_config: Mapping[str, Any] | None = None) -> DictConfig:
     """
     flat = flatten(OmegaConf.load(CONF_DIR / "base.yaml"))
     overrides = {k: v for k, v in dict(run_config or {}).items() if v != FROM_CONF}
-    unknown = [k for k in overrides if k not in flat]
-    if unknown:
-        raise _unknown_key(unknown[0], sorted(flat), "the run config")
+    for key in overrides:
+        if key not in flat:
+            raise _unknown_key(key, sorted(flat), "the run config")
     preset = overrides.get("preset", flat["preset"])
     if preset:
         path = PRESET_DIR / f"{preset}.yaml"

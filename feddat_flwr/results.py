@@ -1,8 +1,10 @@
-"""Run directory: results.json, accuracy.png and the final shared adapter, all written atomically."""
+"""Run directory: results.json, accuracy.png and the final shared adapter, all written atomically.
+
+The content of results.json is defined in feddat_flwr.records.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -13,6 +15,8 @@ from typing import Any
 import torch
 from peft import LoraConfig
 from safetensors.torch import save_file
+
+from feddat_flwr.records import MAJORITY, RESULTS_FILE, Results, RoundRecord
 
 ADAPTER_DIR = "shared-adapter"
 
@@ -64,20 +68,27 @@ def save_adapter(out_dir: Path, state: dict[str, torch.Tensor], lora_config: Lor
     return out_dir
 
 
-def plot_accuracy(rounds: list[dict], path: Path) -> None:
-    """Mean accuracy per variant over the evaluated rounds."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use: plotting is not
+    on any client's path)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evaluated = [r for r in rounds if "eval" in r]
+    return plt
+
+
+def plot_accuracy(rounds: list[RoundRecord], path: Path) -> None:
+    """Mean accuracy per variant over the evaluated rounds."""
+    evaluated = [r for r in rounds if r.eval is not None]
     if not evaluated:
         return
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for variant in evaluated[0]["eval"]:
-        ax.plot([r["round"] for r in evaluated], [r["eval"][variant]["mean"] for r in evaluated],
-                marker="o", label=variant, linestyle="--" if variant == "majority" else "-")
+    for variant in evaluated[0].eval:
+        ax.plot([r.round for r in evaluated], [r.eval[variant]["mean"] for r in evaluated],
+                marker="o", label=variant, linestyle="--" if variant == MAJORITY else "-")
     ax.set_xlabel("round")
     ax.set_ylabel("mean client test accuracy")
     ax.set_ylim(0, 1)
@@ -96,15 +107,13 @@ class RunRecorder:
 
     def __init__(self, run_dir: Path, config: dict[str, Any], info: dict[str, Any]):
         self.run_dir = run_dir
-        self.results: dict[str, Any] = {"config": config, "info": info, "rounds": [], "final": None}
-
-    def add_round(self, record: dict) -> None:
-        self.results["rounds"].append(record)
-        if "eval" in record:
-            self.results["final"] = record["eval"]
+        self.results = Results(config, info)
         self.write()
-        plot_accuracy(self.results["rounds"], self.run_dir / "accuracy.png")
+
+    def add_round(self, record: RoundRecord) -> None:
+        self.results.add_round(record)
+        self.write()
+        plot_accuracy(self.results.rounds, self.run_dir / "accuracy.png")
 
     def write(self) -> None:
-        data = json.dumps(self.results, indent=2, sort_keys=False).encode()
-        atomic_write_bytes(self.run_dir / "results.json", data)
+        atomic_write_bytes(self.run_dir / RESULTS_FILE, self.results.dumps().encode())

@@ -26,7 +26,7 @@ def tiny_processor(tmp_path_factory: pytest.TempPathFactory) -> ViltProcessor:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_processor) -> str:
     """A tiny random ViLT + processor saved with save_pretrained (loaded like any checkpoint)."""
-    from tiny_model import save_tiny_vilt
+    from helpers.tiny_model import save_tiny_vilt
 
     return str(save_tiny_vilt(tmp_path_factory.mktemp("tiny_vilt"), tiny_processor))
 
@@ -42,3 +42,16 @@ def tiny_cfg(tiny_model_dir):
         return load_config({**base, **(overrides or {})})
 
     return make
+
+
+@pytest.fixture
+def task_identity():
+    """Flower's process-wide task identity, as a ClientApp or ServerApp process has it (restored after)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    names = ("_run_id", "_node_id", "_task_id")
+    saved = [getattr(TaskIdentity, n) for n in names]
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield TaskIdentity
+    for name, value in zip(names, saved):
+        setattr(TaskIdentity, name, value)

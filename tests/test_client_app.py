@@ -3,16 +3,14 @@
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 import client_app
 from feddat_flwr.model.backbone import load_backbone_for
-from feddat_flwr.state import LOCAL_KEY, mirror_dir, read_state, restore_state
+from feddat_flwr.flower.state import LOCAL_KEY, mirror_dir, read_state, restore_state
 
 
 @pytest.fixture()
-def context(tiny_cfg, tiny_model_dir):
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+def context(tiny_cfg, tiny_model_dir, task_identity):
     run_config = {"model.name-or-path": tiny_model_dir, "data.max-train": 48, "data.max-test": 24,
                   "train.batch-size": 16}
     return Context(run_id=1, node_id=5, node_config={"partition-id": 1, "num-partitions": 3},

@@ -1,30 +1,44 @@
-"""Comparison summary from finished runs (fake results.json files; no training)."""
+"""Comparison summary and tuning from finished runs (results written by the real strategy from
+hand-made client replies; no training)."""
 
 import csv
 import json
 from pathlib import Path
 
 import pytest
+from flwr.app import Message, MetricRecord, RecordDict
 
-from feddat_flwr import tune
-from feddat_flwr.compare import cell_dir, run_grid, verdict, write_summary
-from feddat_flwr.launch import completed_results
+from feddat_flwr.flower.round_book import RoundBook
+from feddat_flwr.flower.strategy import FedDAT
+from feddat_flwr.records import EvalReport, completed_results
+from feddat_flwr.results import RunRecorder
+from feddat_flwr.tools import tune
+from feddat_flwr.tools.compare import cell_dir, run_grid, verdict, write_summary
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-def _fake_run(out, benchmark, method, seed, accs, rounds=2, run_dir=None):
-    run_dir = run_dir or cell_dir(out, benchmark, method, seed)
+def _eval_reply(node_id, pid, acc):
+    """A client's evaluation reply as the ClientApp sends it."""
+    sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="evaluate")
+    report = EvalReport(pid, 100, {"dat": acc, "shared": acc, "local": acc, "majority": 0.1})
+    return Message(RecordDict({"metrics": MetricRecord(report.to_metrics())}), reply_to=sent)
+
+
+def _fake_run(out, preset, method, seed, accs, rounds=2, run_dir=None):
+    """A run's results.json written by the real strategy, round book and recorder from client
+    replies (only the training is left out): accuracies ramp up to `accs` in the last round."""
+    run_dir = run_dir or cell_dir(out, preset, method, seed)
     run_dir.mkdir(parents=True)
-    variant = {"feddat": "dat", "fedavg": "shared"}[method]
-    records = []
+    recorder = RunRecorder(run_dir, {"num-rounds": rounds, "method": method}, {})
+    strategy = FedDAT(book=RoundBook(()), num_rounds=rounds, lr_for_round=lambda r: 0.01, weighting="uniform",
+                      eval_every=1, fraction_train=1.0, min_train_nodes=1, min_available_nodes=1,
+                      on_round_end=recorder.add_round)
     for r in range(1, rounds + 1):
-        clients = {str(i): {"eval": {"dat": a, "shared": a, "local": a, "majority": 0.1}} for i, a in enumerate(accs)}
-        mean = sum(accs) / len(accs)
-        records.append({"round": r, "clients": clients, "bytes-up": 100, "bytes-down": 200, "seconds": 1.5,
-                        "eval": {variant: {"mean": mean * r / rounds, "min": min(accs)},
-                                 "dat" if variant == "shared" else "shared": {"mean": 0, "min": 0}}})
-    records[-1]["eval"][variant]["mean"] = sum(accs) / len(accs)
-    results = {"config": {"num-rounds": rounds}, "rounds": records, "final": records[-1]["eval"]}
-    (run_dir / "results.json").write_text(json.dumps(results))
+        strategy.book.begin(r, 0.01)
+        strategy.book.current.bytes_up, strategy.book.current.bytes_down = 100, 200
+        replies = strategy.book.received([_eval_reply(10 + i, i, a * r / rounds) for i, a in enumerate(accs)])
+        strategy.aggregate_evaluate(r, replies)
 
 
 def test_summary_table_marks_best_and_reports_mean_std(tmp_path):
@@ -33,7 +47,7 @@ def test_summary_table_marks_best_and_reports_mean_std(tmp_path):
         _fake_run(tmp_path, "function", "fedavg", seed, [0.5, 0.7])
     rows = write_summary(tmp_path, ["function"], ["feddat", "fedavg"], [0, 1], "cmd")
     md = (tmp_path / "comparison.md").read_text()
-    assert "| feddat (n=2) | **70.0 ± 14.1** | 60.0 ± 0.0 | **65.0 ± 7.1** | 0.0 | 3 |" in md
+    assert "| feddat (n=2) | **70.0 ± 14.1** | 60.0 ± 0.0 | **65.0 ± 7.1** | 0.0 | 0 |" in md
     assert "| fedavg (n=2) | 50.0 ± 0.0 | **70.0 ± 0.0** | 60.0 ± 0.0 |" in md
     assert "`cmd`" in md
     assert "FedDAT average 65.0 vs best baseline (fedavg) 60.0: +5.0 points, better than it, not beyond one std" in md
@@ -57,9 +71,9 @@ def test_finished_cells_are_skipped_and_unfinished_ones_kept_aside(tmp_path, mon
     _fake_run(tmp_path, "function", "feddat", 0, [0.5, 0.5])
     partial = cell_dir(tmp_path, "function", "fedavg", 0)
     partial.mkdir(parents=True)
-    (partial / "results.json").write_text(json.dumps({"config": {"num-rounds": 2}, "rounds": [], "final": None}))
+    RunRecorder(partial, {"num-rounds": 2}, {})  # started, no round finished
     launched = []
-    monkeypatch.setattr("feddat_flwr.compare.run_simulation", lambda config, **kw: launched.append(config))
+    monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation", lambda config, **kw: launched.append(config))
     run_grid(tmp_path, ["function"], ["feddat", "fedavg"], [0], {"num-rounds": 2}, num_clients=2)
     assert [c["method"] for c in launched] == ["fedavg"]
     assert launched[0]["preset"] == "function" and launched[0]["seed"] == 0
@@ -69,7 +83,7 @@ def test_finished_cells_are_skipped_and_unfinished_ones_kept_aside(tmp_path, mon
 
 def test_grid_cells_take_the_given_learning_rates(tmp_path, monkeypatch):
     launched = []
-    monkeypatch.setattr("feddat_flwr.compare.run_simulation", lambda config, **kw: launched.append(config))
+    monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation", lambda config, **kw: launched.append(config))
     run_grid(tmp_path, ["function"], ["feddat", "fedavg"], [0, 1], {"num-rounds": 2}, num_clients=2,
              lrs={"function": {"fedavg": 0.004}})
     assert [(c["method"], c["seed"], c.get("train.lr")) for c in launched] == [
@@ -85,9 +99,9 @@ def test_tuning_runs_on_the_validation_split_and_picks_the_best_lr(tmp_path, mon
         _fake_run(None, None, config["method"], None, [accs[config["method"], config["train.lr"]]] * 2,
                   run_dir=Path(config["output-dir"]))
 
-    monkeypatch.setattr("feddat_flwr.compare.run_simulation", fake_simulation)
-    monkeypatch.setattr("feddat_flwr.tune.unwind_on_sigterm", lambda: None)  # keep pytest's own handler
-    argv = ["--out", str(tmp_path), "--benchmarks", "function", "--methods", "feddat", "fedavg",
+    monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation", fake_simulation)
+    monkeypatch.setattr("feddat_flwr.tools.tune.unwind_on_sigterm", lambda: None)  # keep pytest's own handler
+    argv = ["--out", str(tmp_path), "--presets", "function", "--methods", "feddat", "fedavg",
             "--lrs", "0.001", "0.004", "-c", "num-rounds=2"]
     assert tune.main(argv) == 0
     assert len(launched) == 4

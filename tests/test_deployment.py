@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from feddat_flwr.deploy import DEPLOY_DIR, LocalDeployment, stop_group
-from feddat_flwr.launch import free_port
+from helpers.local_deployment import DEPLOY_DIR, LocalDeployment, stop_group
+from feddat_flwr.tools.superlink import free_port
 
 pytestmark = [
     pytest.mark.e2e,

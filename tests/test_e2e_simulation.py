@@ -6,7 +6,7 @@ import pytest
 from peft import PeftModel
 from transformers import ViltModel
 
-from feddat_flwr.launch import run_simulation
+from feddat_flwr.tools.launch import run_simulation
 
 
 @pytest.mark.e2e
@@ -26,7 +26,7 @@ def test_two_round_federation_writes_complete_results(tmp_path, tiny_model_dir):
         assert set(record["clients"]) == {"0", "1", "2"}
         for client in record["clients"].values():
             assert client["num-examples"] == 48
-            assert {"loss", "student-task", "student-kd", "dat-task", "dat-kd", "seconds"} <= set(client["train"])
+            assert {"loss", "shared-task", "shared-kd", "dat-task", "dat-kd", "seconds"} <= set(client["train"])
             assert set(client["eval"]) == {"dat", "shared", "local", "majority", "num-examples"}
         assert set(record["eval"]) == {"dat", "shared", "local", "majority"}
         assert record["bytes-up"] > 0 and record["bytes-down"] > record["bytes-up"]

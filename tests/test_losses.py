@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from feddat_flwr.losses import kd_loss, mkd_loss
+from feddat_flwr.training.losses import kd_loss, mkd_loss
 
 
 def _hand_kd(z, zt, T):

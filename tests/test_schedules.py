@@ -1,65 +1,58 @@
-"""The fast MKD schedule against a straightforward implementation of its definition."""
+"""The two FedDAT schedules against straightforward implementations of their definitions."""
 
+import dataclasses
+
+import pytest
 import torch
 
 from feddat_flwr.client import DataSpec, load_client_data
 from feddat_flwr.data.encode import iterate_batches
-from feddat_flwr.losses import mkd_loss
 from feddat_flwr.model.backbone import load_backbone_for
 from feddat_flwr.model.head import new_head
-from feddat_flwr.train import TrainSettings, fast_step, make_optimizer
+from feddat_flwr.training.loop import TrainSettings, make_optimizer
+from feddat_flwr.training.losses import mkd_loss
+from feddat_flwr.training.steps import fast_step, reference_step
+
+ADAPTERS = ("shared", "local", "teacher")
 
 
-def _setup(tiny_cfg):
+@pytest.fixture
+def setup(tiny_cfg):
+    """Random non-zero adapters on the process-wide backbone, restored afterwards."""
     cfg = tiny_cfg()
     backbone = load_backbone_for(cfg)
     data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
+    saved = {a: backbone.adapter_state(a) for a in ADAPTERS}
     torch.manual_seed(3)
-    for name in ("shared", "local", "teacher"):
-        backbone.load_adapter(name, {k: torch.randn_like(v) * 0.05 for k, v in backbone.adapter_state(name).items()})
-    for p in backbone.model.parameters():
-        p.grad = None
+    for name in ADAPTERS:
+        backbone.load_adapter(name, {k: torch.randn_like(v) * 0.05 for k, v in saved[name].items()})
     head = new_head(backbone.hidden_size, len(data.labels), seed=0)
     batch = next(iterate_batches(data.train, 16, shuffle=False))
-    return backbone, head, batch
+    yield cfg, backbone, head, batch
+    for name, state in saved.items():
+        backbone.load_adapter(name, state)
+    for p in backbone.model.parameters():
+        p.grad = None
 
 
-def test_fast_step_equals_its_definition(tiny_cfg):
-    backbone, head, batch = _setup(tiny_cfg)
-    s = TrainSettings(lr=0.01, schedule="fast")
-    kd = dict(temperature=s.temperature, task_weight=s.task_weight, kd_weight=s.kd_weight)
-    start = {a: backbone.adapter_state(a) for a in ("shared", "local", "teacher")}
-    head_start = {k: v.clone() for k, v in head.state_dict().items()}
+def _settings(cfg, schedule):
+    return dataclasses.replace(TrainSettings.from_config(cfg, 0.01), schedule=schedule)
 
-    # Definition: z_s = Student(x), z_D = DAT(x) (one forward each, same starting weights);
-    # g_shared = dL_s/dshared with z_D detached; g_local = dL_D/dlocal with z_s detached;
-    # g_head = dL_s/dhead + dL_D/dhead; then one AdamW step with these gradients.
-    shared, local, head_params = (backbone.parameters_of("shared"), backbone.parameters_of("local"),
-                                  list(head.parameters()))
-    backbone.set_mode("student", s.lam, trainable=("shared", "local"))
-    z_s = head(backbone.encode(backbone.embed(batch)))
-    backbone.set_mode("dat", s.lam, trainable=("shared", "local"))
-    z_d = head(backbone.encode(backbone.embed(batch)))
-    l_s = mkd_loss(z_s, batch["labels"], z_d.detach(), **kd).total
-    l_d = mkd_loss(z_d, batch["labels"], z_s.detach(), **kd).total
-    g_s = torch.autograd.grad(l_s, shared + head_params, retain_graph=True)
-    g_d = torch.autograd.grad(l_d, local + head_params)
-    reference = torch.optim.AdamW(shared + local + head_params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
-    for p, g in zip(shared, g_s[: len(shared)]):
+
+def _kd(s):
+    return dict(temperature=s.temperature, task_weight=s.task_weight, kd_weight=s.kd_weight)
+
+
+def _set_grads(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g
-    for p, g in zip(local, g_d[: len(local)]):
-        p.grad = g
-    for p, a, b in zip(head_params, g_s[len(shared):], g_d[len(local):]):
-        p.grad = a + b
-    reference.step()
-    expected = {"shared": backbone.adapter_state("shared"), "local": backbone.adapter_state("local")}
-    expected_head = {k: v.clone() for k, v in head.state_dict().items()}
 
-    # The same from the same start through fast_step.
+
+def _compare_with_step(step, backbone, head, batch, s, start, head_start, expected, expected_head):
     backbone.load_adapter("shared", start["shared"])
     backbone.load_adapter("local", start["local"])
     head.load_state_dict(head_start)
-    fast_step(backbone, head, make_optimizer(backbone, head, s), batch, s)
+    step(backbone, head, make_optimizer(backbone, head, s), batch, s)
     for name in ("shared", "local"):
         got = backbone.adapter_state(name)
         # Adam's first step is ~lr*sign(g): allow float summation-order noise of lr/1000.
@@ -71,20 +64,84 @@ def test_fast_step_equals_its_definition(tiny_cfg):
     assert all(torch.equal(teacher[k], start["teacher"][k]) for k in teacher)
 
 
-def test_student_loss_does_not_reach_local_and_dat_loss_does_not_reach_shared(tiny_cfg):
-    backbone, head, batch = _setup(tiny_cfg)
-    s = TrainSettings(lr=0.01)
-    backbone.set_mode("student", s.lam, trainable=("shared", "local"))
+def _start(backbone, head):
+    return {a: backbone.adapter_state(a) for a in ADAPTERS}, {k: v.clone() for k, v in head.state_dict().items()}
+
+
+def _expected(backbone, head):
+    return ({"shared": backbone.adapter_state("shared"), "local": backbone.adapter_state("local")},
+            {k: v.clone() for k, v in head.state_dict().items()})
+
+
+def test_fast_step_equals_its_definition(setup):
+    cfg, backbone, head, batch = setup
+    s = _settings(cfg, "fast")
+    start, head_start = _start(backbone, head)
+    # Definition: z_s = Student(x), z_D = DAT(x) (one forward each, same starting weights);
+    # g_shared = dL_s/dshared with z_D detached; g_local = dL_D/dlocal with z_s detached;
+    # g_head = dL_s/dhead + dL_D/dhead; then one AdamW step with these gradients.
+    shared, local, head_params = (backbone.parameters_of("shared"), backbone.parameters_of("local"),
+                                  list(head.parameters()))
+    backbone.set_configuration("shared", s.lam, trainable=("shared", "local"))
     z_s = head(backbone.encode(backbone.embed(batch)))
-    z_s.sum().backward()
+    backbone.set_configuration("dat", s.lam, trainable=("shared", "local"))
+    z_d = head(backbone.encode(backbone.embed(batch)))
+    l_s = mkd_loss(z_s, batch["labels"], z_d.detach(), **_kd(s)).total
+    l_d = mkd_loss(z_d, batch["labels"], z_s.detach(), **_kd(s)).total
+    g_s = torch.autograd.grad(l_s, shared + head_params, retain_graph=True)
+    g_d = torch.autograd.grad(l_d, local + head_params)
+    optimizer = torch.optim.AdamW(shared + local + head_params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    _set_grads(shared, g_s[: len(shared)])
+    _set_grads(local, g_d[: len(local)])
+    _set_grads(head_params, [a + b for a, b in zip(g_s[len(shared):], g_d[len(local):])])
+    optimizer.step()
+    expected, expected_head = _expected(backbone, head)
+    _compare_with_step(fast_step, backbone, head, batch, s, start, head_start, expected, expected_head)
+
+
+def test_reference_step_equals_its_definition(setup):
+    cfg, backbone, head, batch = setup
+    s = _settings(cfg, "reference")
+    start, head_start = _start(backbone, head)
+    # Definition (the authors' order): z_D0 = DAT(x) without gradients; student step: AdamW on
+    # dL_s/d(shared, head) with L_s = MKD(z_s; z_D0); DAT step: with the updated head,
+    # z_D = DAT(x), AdamW on dL_D/d(local, head) with L_D = MKD(z_D; z_s detached).
+    shared, local, head_params = (backbone.parameters_of("shared"), backbone.parameters_of("local"),
+                                  list(head.parameters()))
+    optimizer = torch.optim.AdamW(shared + local + head_params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    with torch.no_grad():
+        backbone.set_configuration("dat", s.lam)
+        z_d0 = head(backbone.encode(backbone.embed(batch)))
+    backbone.set_configuration("shared", s.lam, trainable=("shared", "local"))
+    z_s = head(backbone.encode(backbone.embed(batch)))
+    l_s = mkd_loss(z_s, batch["labels"], z_d0, **_kd(s)).total
+    g_s = torch.autograd.grad(l_s, shared + head_params)
+    _set_grads(shared, g_s[: len(shared)])
+    _set_grads(head_params, g_s[len(shared):])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    backbone.set_configuration("dat", s.lam, trainable=("shared", "local"))
+    z_d = head(backbone.encode(backbone.embed(batch)))
+    l_d = mkd_loss(z_d, batch["labels"], z_s.detach(), **_kd(s)).total
+    g_d = torch.autograd.grad(l_d, local + head_params)
+    _set_grads(local, g_d[: len(local)])
+    _set_grads(head_params, g_d[len(local):])
+    optimizer.step()
+    expected, expected_head = _expected(backbone, head)
+    _compare_with_step(reference_step, backbone, head, batch, s, start, head_start, expected, expected_head)
+
+
+def test_student_loss_does_not_reach_local_and_dat_loss_does_not_reach_shared(setup):
+    cfg, backbone, head, batch = setup
+    lam = cfg.feddat["lambda"]
+    backbone.set_configuration("shared", lam, trainable=("shared", "local"))
+    head(backbone.encode(backbone.embed(batch))).sum().backward()
     assert all(p.grad is None for p in backbone.parameters_of("local"))
     assert all(p.grad is not None for p in backbone.parameters_of("shared"))
     for p in backbone.parameters_of("shared"):
         p.grad = None
-    backbone.set_mode("dat", s.lam, trainable=("shared", "local"))
+    backbone.set_configuration("dat", lam, trainable=("shared", "local"))
     head(backbone.encode(backbone.embed(batch))).sum().backward()
     assert all(p.grad is None for p in backbone.parameters_of("shared"))
     assert all(p.grad is not None for p in backbone.parameters_of("local"))
     assert all(p.grad is None for p in backbone.parameters_of("teacher"))
-    for p in backbone.parameters_of("local"):
-        p.grad = None

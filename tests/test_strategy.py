@@ -1,39 +1,42 @@
-"""FedDAT strategy with hand-made replies (no Ray, no SuperLink)."""
+"""The FedDAT strategy and its round book with hand-made replies (no Ray, no SuperLink)."""
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from feddat_flwr.strategy import FedDAT, summarize
+from feddat_flwr.flower.round_book import RoundBook
+from feddat_flwr.flower.strategy import FedDAT
+from feddat_flwr.records import EvalReport, TrainReport, summarize
 
 KEYS = ("layer.lora_A.weight", "layer.lora_B.weight")
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-def _strategy(weighting, **kw):
-    return FedDAT(adapter_keys=KEYS, num_rounds=2, lr_for_round=lambda r: 0.1 / r, weighting=weighting, **kw)
+def _strategy(weighting, keys=KEYS, **kw):
+    defaults = dict(num_rounds=2, lr_for_round=lambda r: 0.1 / r, weighting=weighting, eval_every=1,
+                    fraction_train=1.0, min_train_nodes=2, min_available_nodes=2)
+    return FedDAT(book=RoundBook(keys), **{**defaults, **kw})
 
 
 def _train_reply(node_id, pid, value, num_examples, arrays=None):
     sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="train")
     if arrays is None:
         arrays = {k: np.full((2, 2), value, dtype=np.float32) for k in KEYS}
-    metrics = {"num-examples": num_examples, "unit-weight": 1.0, "partition-id": pid, "train-loss": value,
-               "train-seconds": float(pid + 1)}
+    report = TrainReport(partition_id=pid, num_examples=num_examples, losses={"loss": value},
+                         seconds=float(pid + 1), steps=1, peak_rss_mb=1.0)
     arrays = {k: Array(v) for k, v in arrays.items()}
-    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)}), reply_to=sent)
+    content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(report.to_metrics())})
+    return Message(content, reply_to=sent)
 
 
 def _eval_reply(node_id, pid, acc, n):
     sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="evaluate")
-    metrics = {"num-examples": n, "partition-id": pid, "eval-dat": acc, "eval-shared": acc / 2,
-               "eval-local": acc / 4, "eval-majority": 0.1}
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=sent)
+    report = EvalReport(pid, n, {"dat": acc, "shared": acc / 2, "local": acc / 4, "majority": 0.1})
+    return Message(RecordDict({"metrics": MetricRecord(report.to_metrics())}), reply_to=sent)
 
 
 class FakeGrid:
@@ -44,16 +47,26 @@ class FakeGrid:
 def _begin_round(strategy, server_round=1):
     arrays = ArrayRecord({k: Array(np.zeros((2, 2), dtype=np.float32)) for k in KEYS})
     msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(), FakeGrid()))
+    strategy.book.sent(msgs)  # as the Grid does
     return arrays, msgs
+
+
+def _train(strategy, server_round, replies):
+    return strategy.aggregate_train(server_round, strategy.book.received(replies))
+
+
+def test_aggregation_is_fedavgs_own():
+    assert FedDAT.aggregate_train is FedAvg.aggregate_train  # Flower's DP accountant requires it
 
 
 @pytest.mark.parametrize(("weighting", "expected"), [("num-examples", (1 * 10 + 4 * 30) / 40), ("uniform", 2.5)])
 def test_aggregates_shared_adapter_by_weighting(weighting, expected):
     strategy = _strategy(weighting)
     _begin_round(strategy)
-    arrays, _ = strategy.aggregate_train(1, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 4.0, 30)])
+    arrays, metrics = _train(strategy, 1, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 4.0, 30)])
     for key in KEYS:
         np.testing.assert_allclose(arrays[key].numpy(), np.full((2, 2), expected), rtol=1e-6)
+    assert dict(metrics) == {"loss": 2.5}  # what Flower logs: the clients' mean loss, nothing else
 
 
 def test_train_config_carries_round_lr_and_only_the_adapter():
@@ -62,7 +75,7 @@ def test_train_config_carries_round_lr_and_only_the_adapter():
     assert len(msgs) == 3
     assert msgs[0].content["config"]["lr"] == pytest.approx(0.05)
     assert set(msgs[0].content["arrays"].keys()) == set(KEYS)
-    assert strategy._round["bytes-down"] == 3 * arrays.count_bytes()
+    assert strategy.book.current.bytes_down == 3 * arrays.count_bytes()
 
 
 def test_reply_with_private_tensors_is_rejected_and_recorded():
@@ -75,34 +88,47 @@ def test_reply_with_private_tensors_is_rejected_and_recorded():
     TaskIdentity.node_id = 1  # the SuperLink answers for a node that went away
     replies = [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 9.0, 10, arrays=leaky),
                Message(Error(code=0, reason="node crashed"), reply_to=lost)]
-    arrays, _ = strategy.aggregate_train(1, replies)
+    arrays, _ = _train(strategy, 1, replies)
     np.testing.assert_allclose(arrays[KEYS[0]].numpy(), 1.0)  # only the clean reply counted
-    failures = strategy._round["failures"]
-    assert [f["node-id"] for f in failures] == [12, 13]
-    assert "head.weight" in failures[0]["reason"] and failures[1]["reason"] == "node crashed"
+    failures = strategy.book.current.failures
+    assert [(f.node_id, f.stage) for f in failures] == [(12, "train"), (13, "train")]
+    assert "head.weight" in failures[0].reason and failures[1].reason == "node crashed"
+
+
+def test_reply_with_malformed_metrics_is_a_recorded_failure():
+    strategy = _strategy("uniform")
+    _begin_round(strategy)
+    bad = _train_reply(12, 1, 1.0, 10)
+    del bad.content["metrics"]["partition-id"]
+    valid = strategy.book.received([_train_reply(11, 0, 1.0, 10), bad])
+    assert len(valid) == 1 and "partition-id" in strategy.book.current.failures[0].reason
 
 
 def test_round_record_has_per_client_train_eval_and_summary():
     records = []
     strategy = _strategy("num-examples", eval_every=2, on_round_end=records.append)
     arrays, _ = _begin_round(strategy, 1)
-    strategy.aggregate_train(1, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 2.0, 30)])
+    _train(strategy, 1, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 2.0, 30)])
     assert list(strategy.configure_evaluate(1, arrays, ConfigRecord(), FakeGrid())) == []  # not an eval round
-    strategy.end_of_round(1, arrays)
+    assert strategy.aggregate_evaluate(1, []) is None
     arrays, _ = _begin_round(strategy, 2)
-    strategy.aggregate_train(2, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 2.0, 30)])
-    assert len(list(strategy.configure_evaluate(2, arrays, ConfigRecord(), FakeGrid()))) == 3  # last round
-    strategy.aggregate_evaluate(2, [_eval_reply(11, 0, 0.8, 100), _eval_reply(12, 1, 0.4, 300)])
-    strategy.end_of_round(2, arrays)
-    assert [r["round"] for r in records] == [1, 2] and "eval" not in records[0]
+    _train(strategy, 2, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 2.0, 30)])
+    evaluate = list(strategy.configure_evaluate(2, arrays, ConfigRecord(), FakeGrid()))
+    assert len(evaluate) == 3  # the last round is always evaluated
+    strategy.book.sent(evaluate)
+    replies = strategy.book.received([_eval_reply(11, 0, 0.8, 100), _eval_reply(12, 1, 0.4, 300)])
+    metrics = strategy.aggregate_evaluate(2, replies)
+    assert metrics["dat"] == pytest.approx((0.8 * 100 + 0.4 * 300) / 400)
+    assert [r.round for r in records] == [1, 2] and records[0].eval is None
     last = records[1]
-    assert set(last["clients"]) == {"0", "1"}
-    assert last["clients"]["1"]["train"]["loss"] == 2.0 and last["clients"]["1"]["num-examples"] == 30
-    assert last["clients"]["0"]["eval"]["dat"] == 0.8
-    assert last["eval"]["dat"]["mean"] == pytest.approx((0.8 * 100 + 0.4 * 300) / 400)
-    assert last["eval"]["dat"]["min"] == pytest.approx(0.4)
-    assert last["bytes-up"] > 0 and last["bytes-down"] > 0 and last["seconds"] >= 0
-    assert last["straggler-seconds"] == pytest.approx(2.0 - 1.5)
+    assert set(last.clients) == {"0", "1"}
+    assert last.clients["1"].train["loss"] == 2.0 and last.clients["1"].num_examples == 30
+    assert last.clients["0"].eval["dat"] == 0.8
+    assert last.eval["dat"]["mean"] == pytest.approx((0.8 * 100 + 0.4 * 300) / 400)
+    assert last.eval["dat"]["min"] == pytest.approx(0.4)
+    assert last.bytes_up > 0 and last.bytes_down > 0 and last.seconds >= 0
+    assert last.straggler_seconds == pytest.approx(2.0 - 1.5)
+    assert strategy.history == records
 
 
 def test_summarize_mean_is_weighted_and_min_is_worst_client():
@@ -118,10 +144,10 @@ def test_unknown_weighting_is_an_error():
 
 
 def test_no_communication_mode_exchanges_no_bytes():
-    strategy = FedDAT(adapter_keys=(), num_rounds=1, lr_for_round=lambda r: 0.1)
+    strategy = _strategy("num-examples", keys=(), num_rounds=1)
     empty = ArrayRecord()
     msgs = list(strategy.configure_train(1, empty, ConfigRecord(), FakeGrid()))
-    replies = [_train_reply(11, 0, 1.0, 10, arrays={}), _train_reply(12, 1, 2.0, 10, arrays={})]
-    arrays, _ = strategy.aggregate_train(1, replies)
+    strategy.book.sent(msgs)
+    arrays, _ = _train(strategy, 1, [_train_reply(11, 0, 1.0, 10, arrays={}), _train_reply(12, 1, 2.0, 10, arrays={})])
     assert len(msgs) == 3 and len(arrays) == 0
-    assert strategy._round["bytes-down"] == 3 * empty.count_bytes() and strategy._round["failures"] == []
+    assert strategy.book.current.bytes_down == 0 and strategy.book.current.failures == []

@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import ViltModel, ViltProcessor
@@ -19,9 +20,15 @@ from transformers.masking_utils import create_bidirectional_mask
 from feddat_flwr.model.default_model import DEFAULT_MODEL, ensure_default_model
 
 ADAPTERS = ("shared", "local", "teacher")
-# Which adapters are active, each with its scale factor, in each model configuration.
-# "dat" is the Dual-Adapter Teacher; its factors are lambda (filled in by `set_mode`).
-MODES = ("student", "dat", "local", "global")
+# The model configurations, named like the evaluation variants they give: which adapters are
+# active, each with its scale factor. "dat" is the Dual-Adapter Teacher (local + teacher, each
+# scaled by lambda); "shared" alone is FedDAT's student; "teacher" alone is the round's global adapter.
+CONFIGURATIONS = {
+    "shared": lambda lam: {"shared": 1.0},
+    "dat": lambda lam: {"local": lam, "teacher": lam},
+    "local": lambda lam: {"local": 1.0},
+    "teacher": lambda lam: {"teacher": 1.0},
+}
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,9 @@ class LoraSpec:
     target_modules: tuple[str, ...]
 
     @classmethod
-    def from_config(cls, lora_cfg) -> LoraSpec:
+    def from_config(cls, lora_cfg: DictConfig) -> LoraSpec:
         modules = tuple(m.strip() for m in str(lora_cfg["target-modules"]).split(",") if m.strip())
-        return cls(int(lora_cfg.rank), int(lora_cfg.alpha), float(lora_cfg.dropout), modules)
+        return cls(int(lora_cfg["rank"]), int(lora_cfg["alpha"]), float(lora_cfg["dropout"]), modules)
 
     def peft_config(self, base_model_name_or_path: str | None = None) -> LoraConfig:
         return LoraConfig(
@@ -60,9 +67,9 @@ def _canonical(param_name: str, adapter: str) -> str:
 
 
 class AdaptedBackbone:
-    """A PEFT-wrapped ViLT with adapters `shared`, `local`, `teacher` and mode switching."""
+    """A PEFT-wrapped ViLT with adapters `shared`, `local`, `teacher` and configuration switching."""
 
-    def __init__(self, name_or_path: str, lora: LoraSpec, *, seed: int = 0, device: str = "cpu"):
+    def __init__(self, name_or_path: str, lora: LoraSpec, *, device: str = "cpu"):
         base = ViltModel.from_pretrained(name_or_path)
         for p in base.parameters():
             p.requires_grad_(False)
@@ -70,8 +77,7 @@ class AdaptedBackbone:
         self.processor = ViltProcessor.from_pretrained(name_or_path)
         self.hidden_size = int(base.config.hidden_size)
         self.lora = lora
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # the values are set per seed by `initial_adapter`
             self.model = get_peft_model(base, lora.peft_config(name_or_path), adapter_name="shared")
             for name in ADAPTERS[1:]:
                 self.model.add_adapter(name, lora.peft_config(name_or_path))
@@ -93,12 +99,23 @@ class AdaptedBackbone:
             a: {_canonical(n, a): p for n, p in self.model.named_parameters() if f".{a}." in n}
             for a in ADAPTERS
         }
-        self.mode: str | None = None
         self._active: tuple[str, ...] = ()
         self._trainable: frozenset[str] | None = None
-        # The seeded initial LoRA values (LoRA B = 0): the server's initial global adapter, and the
-        # stand-in for it when nothing is communicated (method local-only).
-        self.initial_adapter = self.adapter_state("shared")
+        self._initial: dict[int, dict[str, torch.Tensor]] = {}
+
+    def initial_adapter(self, seed: int) -> dict[str, torch.Tensor]:
+        """The initial global adapter of a run with this `seed`: PEFT's own LoRA initialisation
+        (A random, B = 0) drawn from a generator seeded with `seed`. The server sends it in round 1;
+        a client of a method that communicates nothing computes the same values from the same seed."""
+        if seed not in self._initial:
+            current = self.adapter_state("shared")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for layer in self._lora_layers:
+                    layer.reset_lora_parameters("shared", init_lora_weights=True)
+            self._initial[seed] = self.adapter_state("shared")
+            self.load_adapter("shared", current)
+        return {k: v.clone() for k, v in self._initial[seed].items()}
 
     # -- adapter values -----------------------------------------------------------------
     def parameters_of(self, adapter: str) -> list[torch.nn.Parameter]:
@@ -128,33 +145,28 @@ class AdaptedBackbone:
         return sum(p.numel() * p.element_size() for n, p in base.named_parameters() if "lora_" not in n)
 
     # -- configurations -----------------------------------------------------------------
-    def set_mode(self, mode: str, lam: float = 0.5, trainable: Collection[str] = ()) -> None:
-        """Activate the adapters of `mode` and make exactly the adapters in `trainable` trainable.
-
-        student: `shared` alone. dat: `local` + `teacher`, each scaled by `lam`.
-        local: `local` alone. global: `teacher` (the round's global adapter) alone.
-        """
-        scales = {"student": {"shared": 1.0}, "dat": {"local": lam, "teacher": lam}, "local": {"local": 1.0},
-                  "global": {"teacher": 1.0}}
-        if mode not in scales:
-            raise ValueError(f"Unknown model mode {mode!r}; allowed: {', '.join(MODES)}.")
+    def set_configuration(self, configuration: str, lam: float = 0.5, trainable: Collection[str] = ()) -> None:
+        """Activate the adapters of a configuration (see CONFIGURATIONS) and make exactly the adapters
+        in `trainable` trainable."""
+        if configuration not in CONFIGURATIONS:
+            raise ValueError(f"Unknown model configuration {configuration!r}; allowed: {', '.join(CONFIGURATIONS)}.")
         if "teacher" in trainable:
             raise ValueError("The teacher adapter is never trainable.")
-        active = tuple(scales[mode])
+        scales = CONFIGURATIONS[configuration](lam)
+        active = tuple(scales)
         if active != self._active:  # only the LoRA layers, not a walk over every module
             for layer in self._lora_layers:
                 layer.set_adapter(list(active), inference_mode=True)
             self.model.base_model.active_adapter = list(active)
             self._active, self._trainable = active, None  # set_adapter froze the active adapters
         for layer in self._lora_layers:
-            for adapter, scale in scales[mode].items():
+            for adapter, scale in scales.items():
                 layer.set_scale(adapter, scale)
         if frozenset(trainable) != self._trainable:
             for adapter in ADAPTERS:
                 for p in self._params[adapter].values():
                     p.requires_grad_(adapter in trainable)
             self._trainable = frozenset(trainable)
-        self.mode = mode
 
     def to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
@@ -192,6 +204,9 @@ class Embedded:
     mask: torch.Tensor | None  # the encoder's attention mask
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def resolve_device(name: str) -> str:
     """auto: the GPU Flower assigned to this process (CUDA_VISIBLE_DEVICES) if any, else the CPU."""
     if name == "auto":
@@ -207,7 +222,7 @@ def load_backbone(name_or_path: str, cache_dir: str, lora: LoraSpec, device: str
     return AdaptedBackbone(resolve_model_path(name_or_path, cache_dir), lora, device=device)
 
 
-def load_backbone_for(cfg, device: str | None = None) -> AdaptedBackbone:
+def load_backbone_for(cfg: DictConfig, device: str | None = None) -> AdaptedBackbone:
     """The process-wide backbone named by a run configuration (on `train.device` unless given)."""
     return load_backbone(cfg.model["name-or-path"], cfg.model["cache-dir"], LoraSpec.from_config(cfg.lora),
-                         device or resolve_device(cfg.train.device))
+                         device or resolve_device(cfg.train["device"]))

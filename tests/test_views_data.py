@@ -9,7 +9,7 @@ from datasets import Dataset
 from PIL import Image
 
 from feddat_flwr.data.attributes import COLORS, SHAPES, split_attributes, words
-from feddat_flwr.data.benchmarks import VIEWS, ClientView, client_view
+from feddat_flwr.data.views import VIEWS, ClientView, client_view
 from feddat_flwr.data.domains import DOMAINS, domain_transform
 from feddat_flwr.data.easyvqa import load_easyvqa
 from feddat_flwr.data.tasks import DESCRIBE_QUESTION, TASKS, VERIFY_TEMPLATES, make_task_split

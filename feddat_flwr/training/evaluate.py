@@ -1,4 +1,4 @@
-"""Client-side evaluation of the three model configurations, plus the majority baseline."""
+"""Client-side evaluation of the model configurations, plus the majority baseline."""
 
 from __future__ import annotations
 
@@ -10,25 +10,24 @@ import torch
 from feddat_flwr.data.encode import EncodedSplit, iterate_batches
 from feddat_flwr.model.backbone import AdaptedBackbone
 from feddat_flwr.model.head import AnswerHead
-
-# Reported variant -> backbone mode. dat: local + teacher (the freshly aggregated adapter);
-# shared: the aggregated adapter alone; local: the client's adapter alone.
-VARIANTS = {"dat": "dat", "shared": "student", "local": "local"}
+from feddat_flwr.records import VARIANTS
 
 
 @torch.no_grad()
 def evaluate_variants(backbone: AdaptedBackbone, head: AnswerHead, data: EncodedSplit, *, lam: float,
                       batch_size: int) -> dict[str, float]:
-    """Each variant's share of examples whose argmax answer is right (answers outside the head's
-    labels count wrong). Every batch is embedded once and run through each variant's configuration."""
+    """Each variant's (model configuration's) share of examples whose argmax answer is right
+    (answers outside the head's labels count wrong): dat = local + teacher (the freshly aggregated
+    adapter), shared = the aggregated adapter alone, local = the client's adapter alone.
+    Every batch is embedded once and run through each configuration."""
     backbone.model.eval()
     head.eval()
     correct = dict.fromkeys(VARIANTS, 0)
     for batch in iterate_batches(data, batch_size, shuffle=False):
         batch = backbone.to_device(batch)
         x = backbone.embed(batch)
-        for variant, mode in VARIANTS.items():
-            backbone.set_mode(mode, lam)
+        for variant in VARIANTS:
+            backbone.set_configuration(variant, lam)
             pred = head(backbone.encode(x)).argmax(dim=-1)
             correct[variant] += int((pred == batch["labels"]).sum())
     return {variant: n / max(len(data), 1) for variant, n in correct.items()}

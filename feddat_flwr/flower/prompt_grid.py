@@ -4,6 +4,8 @@ Flower's HTTP grid checks for replies every 3 s, so each train or evaluate phase
 up to 3 s after its last reply; on short rounds that is a large share of the wall time.
 `PromptGrid` wraps any Grid and polls with a short interval that backs off while nothing
 arrives (50 ms doubling to 1 s, back to 50 ms after each reply); everything else is delegated.
+Given a `RoundBook`, it shows the book every message it sends and returns only the replies the
+book accepts.
 """
 
 from __future__ import annotations
@@ -15,18 +17,25 @@ from flwr.app import Message, RecordDict
 from flwr.supercore.run import Run
 from flwr.serverapp import Grid
 
+from feddat_flwr.flower.round_book import RoundBook
+
 
 class PromptGrid(Grid):
-    def __init__(self, grid: Grid, *, first_wait: float = 0.05, longest_wait: float = 1.0):
+    def __init__(self, grid: Grid, *, book: RoundBook | None = None, first_wait: float = 0.05,
+                 longest_wait: float = 1.0):
         if not 0 < first_wait <= longest_wait:
             raise ValueError(f"need 0 < first_wait <= longest_wait, got {first_wait} and {longest_wait}")
         self._grid = grid
+        self._book = book
         self._first_wait = first_wait
         self._longest_wait = longest_wait
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push the messages and return their replies: all of them, or those that arrived
         within `timeout` seconds (None: wait for all)."""
+        messages = list(messages)
+        if self._book is not None:
+            self._book.sent(messages)
         pending = set(self._grid.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
@@ -40,7 +49,7 @@ class PromptGrid(Grid):
                 break
             time.sleep(min(wait, remaining))
             wait = self._first_wait if pulled else min(2 * wait, self._longest_wait)
-        return replies
+        return replies if self._book is None else self._book.received(replies)
 
     # -- delegated ----------------------------------------------------------------------
     def set_run(self, run: Run) -> None:

@@ -1,14 +1,14 @@
-"""Learning rate per benchmark and method, chosen on a validation split (never on the test set).
+"""Learning rate per preset and method, chosen on a validation split (never on the test set).
 
-    python -m feddat_flwr.tune --out outputs/tuning --benchmarks function domain \\
+    python -m feddat_flwr.tools.tune --out outputs/tuning --presets function domain \\
         --methods feddat fedavg local-only --lrs 0.0005 0.001 0.002 0.004 -c num-rounds=5
-    python -m feddat_flwr.compare --out outputs/comparison --lr-from outputs/tuning/best-lr.json ...
+    python -m feddat_flwr.tools.compare --out outputs/comparison --lr-from outputs/tuning/best-lr.json ...
 
-Every benchmark x method x lr cell is a normal run of the app with `data.validation-fraction`
+Every preset x method x lr cell is a normal run of the app with `data.validation-fraction`
 (--validation-fraction, default 0.2) of each client's training examples held out and evaluated
-in place of the test split, at seed --seed, into <out>/runs/<benchmark>/<method>/lr-<lr>/
+in place of the test split, at seed --seed, into <out>/runs/<preset>/<method>/lr-<lr>/
 (resumable like the comparison grid). Writes tuning.md (mean personalised validation accuracy
-after the last round, per lr; best in bold) and best-lr.json ({benchmark: {method: lr}}).
+after the last round, per lr; best in bold) and best-lr.json ({preset: {method: lr}}).
 """
 
 from __future__ import annotations
@@ -17,30 +17,31 @@ import json
 import sys
 from pathlib import Path
 
-from feddat_flwr.compare import grid_parser, run_cells
-from feddat_flwr.launch import completed_results, unwind_on_sigterm
+from feddat_flwr.methods import get_method
+from feddat_flwr.records import completed_results
 from feddat_flwr.results import atomic_write_bytes
-from feddat_flwr.train import PERSONALISED_VARIANT
+from feddat_flwr.tools.cli import unwind_on_sigterm
+from feddat_flwr.tools.grid import grid_parser, run_cells
 
 
-def tune_dir(out: Path, benchmark: str, method: str, lr: float) -> Path:
-    return out / "runs" / benchmark / method / f"lr-{lr:g}"
+def tune_dir(out: Path, preset: str, method: str, lr: float) -> Path:
+    return out / "runs" / preset / method / f"lr-{lr:g}"
 
 
-def validation_accuracy(out: Path, benchmarks, methods, lrs) -> dict[str, dict[str, dict[float, float]]]:
-    """{benchmark: {method: {lr: mean personalised validation accuracy}}} of the finished cells."""
+def validation_accuracy(out: Path, presets, methods, lrs) -> dict[str, dict[str, dict[float, float]]]:
+    """{preset: {method: {lr: mean personalised validation accuracy}}} of the finished cells."""
     table: dict[str, dict[str, dict[float, float]]] = {}
-    for b in benchmarks:
+    for b in presets:
         for m in methods:
             for lr in lrs:
                 if results := completed_results(tune_dir(out, b, m, lr)):
-                    accuracy = results["rounds"][-1]["eval"][PERSONALISED_VARIANT[m]]["mean"]
+                    accuracy = results.rounds[-1].eval[get_method(m).personalised]["mean"]
                     table.setdefault(b, {}).setdefault(m, {})[lr] = accuracy
     return table
 
 
 def best_lrs(table) -> dict[str, dict[str, float]]:
-    """The highest-accuracy lr of each benchmark and method (ties: the smaller lr)."""
+    """The highest-accuracy lr of each preset and method (ties: the smaller lr)."""
     return {b: {m: max(sorted(accs), key=accs.__getitem__) for m, accs in methods.items()}
             for b, methods in table.items()}
 
@@ -78,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         common = {**dict(args.config), "seed": args.seed, "data.validation-fraction": args.validation_fraction}
         run_cells([(f"{b} {m} lr {lr:g}", tune_dir(out, b, m, lr),
                     {**common, "preset": b, "method": m, "train.lr": lr})
-                   for b in args.benchmarks for m in args.methods for lr in args.lrs], args.clients)
-    table = validation_accuracy(out, args.benchmarks, args.methods, args.lrs)
-    command = "python -m feddat_flwr.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+                   for b in args.presets for m in args.methods for lr in args.lrs], args.clients)
+    table = validation_accuracy(out, args.presets, args.methods, args.lrs)
+    command = "python -m feddat_flwr.tools.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "tuning.md", markdown(table, args.lrs, command).encode())
     atomic_write_bytes(out / "best-lr.json", json.dumps(best_lrs(table), indent=2).encode())

@@ -14,25 +14,23 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
-from feddat_flwr.launch import (
+from feddat_flwr.tools.superlink import (
     APP_DIR,
     CONNECTION,
-    OFFLINE_ENV,
     RunFailed,
-    _flwr,
-    _json_of,
-    _wait_for_port,
+    flwr_cli,
     free_port,
     stop_process,
+    submit_run,
+    tool_env,
+    wait_for_port,
     wait_for_run,
+    write_flwr_home,
 )
 
 DEPLOY_DIR = APP_DIR / "deploy"
@@ -60,11 +58,8 @@ class LocalDeployment:
         self.certs = self.work_dir / "certs"
         self.port = free_port()
         self.node_ports = [free_port() for _ in range(num_nodes)]
-        bin_dir = str(Path(sys.executable).parent)
-        self.env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1",
-                    "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "FLWR_HOME": str(self.work_dir / "cli-home"),  # of the `flwr` CLI
-                    "CERTS_DIR": str(self.certs), "INSECURE": str(int(not tls)), "NODE_AUTH": str(int(auth))}
+        self.env = tool_env(self.work_dir / "cli-home", PYTHONUNBUFFERED="1", CERTS_DIR=str(self.certs),
+                            INSECURE=str(int(not tls)), NODE_AUTH=str(int(auth)))
         self.superlink: subprocess.Popen | None = None
         self.nodes: dict[int, subprocess.Popen] = {}
 
@@ -98,19 +93,12 @@ class LocalDeployment:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.tls and not (self.certs / "ca.crt").exists():
             self._script("make-certs.sh", str(self.certs), NUM_SUPERNODES=str(self.num_nodes))
-        connection: dict[str, Any] = {"address": f"127.0.0.1:{self.port}"}
-        if self.tls:
-            connection["root-certificates"] = str(self.certs / "ca.crt")
-        else:
-            connection["insecure"] = True
-        home = Path(self.env["FLWR_HOME"])
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION,
-                                                                        CONNECTION: connection}}))
+        write_flwr_home(Path(self.env["FLWR_HOME"]), f"127.0.0.1:{self.port}",
+                        root_certificates=self.certs / "ca.crt" if self.tls else None)
         self.superlink = self._spawn("superlink", "start-superlink.sh", {
             "SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": str(self.port),
             "SUPERLINK_DATABASE": str(self.work_dir / "superlink" / "superlink.db")})
-        _wait_for_port(self.port, self.superlink, timeout, self.log_path("superlink"))
+        wait_for_port(self.port, self.superlink, timeout, self.log_path("superlink"))
         if self.auth:
             self._script("register-nodes.sh", CONNECTION,
                          *(str(self.certs / f"supernode-{i}.pub") for i in range(self.num_nodes)))
@@ -134,7 +122,7 @@ class LocalDeployment:
         stop_group(self.nodes.pop(i))
 
     def online_nodes(self) -> int:
-        listing = _json_of(_flwr("supernode", "list", CONNECTION, "--format", "json", env=self.env))
+        listing = flwr_cli("supernode", "list", CONNECTION, env=self.env)
         return sum(node.get("status") == "online" for node in listing.get("nodes", []))
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
@@ -170,17 +158,12 @@ class LocalDeployment:
     # -- runs -------------------------------------------------------------------------------
     def submit(self, run_config: Mapping[str, Any]) -> int:
         """Submit a run of the app (`flwr run`) and return its run id without waiting."""
-        overrides = self.work_dir / f"run-config-{time.monotonic_ns()}.toml"
-        overrides.write_text(tomli_w.dumps(dict(run_config)))
-        reply = _json_of(_flwr("run", str(self.app_dir), CONNECTION, "--run-config", str(overrides),
-                               "--format", "json", env=self.env))
-        if not reply.get("success", False) or "run-id" not in reply:
-            raise RunFailed(f"flwr run refused the run: {reply}")
-        return int(reply["run-id"])
+        return submit_run(self.app_dir, run_config, self.work_dir / f"run-config-{time.monotonic_ns()}.toml",
+                          self.env)
 
     def wait(self, run_id: int, timeout: float, run_dir: Path | None = None) -> str:
         """The run's final status ("finished:completed", ...) or "timeout"; `run_dir` (the run's
-        output-dir) lets it notice the end within a second (see launch.wait_for_run)."""
+        output-dir) lets it notice the end within a second (see superlink.wait_for_run)."""
         return wait_for_run(run_id, self.env, time.monotonic() + timeout, run_dir)
 
     def run(self, run_config: Mapping[str, Any], timeout: float = 3600) -> tuple[int, str]:

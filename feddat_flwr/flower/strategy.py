@@ -1,0 +1,95 @@
+"""The server strategy: FedAvg over the shared adapter only, with a round book and eval-every.
+
+Only the `shared` adapter travels: the server sends it (fp32) and aggregates it with FedAvg's own
+`aggregate_train` (unmodified, as Flower's DP wrappers require). Replies are checked and recorded
+on their way in by the round's `RoundBook` (see round_book.py), which the Grid shows them to.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from logging import INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from feddat_flwr.flower.round_book import RoundBook
+from feddat_flwr.records import VARIANTS, WEIGHT_KEYS, EvalReport, RoundRecord, TrainReport
+
+
+def mean_train_loss(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+    """The round's aggregated train metric: the clients' mean loss (what Flower logs)."""
+    return MetricRecord({"loss": statistics.fmean(TrainReport.from_metrics(c["metrics"]).losses["loss"]
+                                                  for c in contents)})
+
+
+def mean_accuracy(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+    """The round's aggregated evaluation: each variant's accuracy, weighted by test size."""
+    reports = [EvalReport.from_metrics(c["metrics"]) for c in contents]
+    total = sum(r.num_examples for r in reports) or 1
+    return MetricRecord({v: sum(r.accuracy[v] * r.num_examples for r in reports) / total for v in VARIANTS})
+
+
+class FedDAT(FedAvg):
+    """FedAvg of the shared adapter; client evaluation every `eval_every` rounds and at the end."""
+
+    def __init__(
+        self,
+        *,
+        book: RoundBook,
+        num_rounds: int,
+        lr_for_round: Callable[[int], float],
+        weighting: str,
+        eval_every: int,
+        fraction_train: float,
+        min_train_nodes: int,
+        min_available_nodes: int,
+        on_round_end: Callable[[RoundRecord], None] | None = None,
+    ):
+        if weighting not in WEIGHT_KEYS:
+            raise ValueError(f"Unknown weighting {weighting!r}; allowed: {', '.join(WEIGHT_KEYS)}.")
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=1.0,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_train_nodes,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=WEIGHT_KEYS[weighting],
+            train_metrics_aggr_fn=mean_train_loss,
+            evaluate_metrics_aggr_fn=mean_accuracy,
+        )
+        self.book = book
+        self.num_rounds = num_rounds
+        self.lr_for_round = lr_for_round
+        self.eval_every = eval_every
+        self.on_round_end = on_round_end
+        self.history: list[RoundRecord] = []
+
+    def is_eval_round(self, server_round: int) -> bool:
+        return server_round % self.eval_every == 0 or server_round == self.num_rounds
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        lr = self.lr_for_round(server_round)
+        self.book.begin(server_round, lr)
+        return super().configure_train(server_round, arrays, ConfigRecord({**config, "lr": lr}), grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if not self.is_eval_round(server_round):
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """FedAvg's evaluation aggregate; then the round's record is closed (Flower calls this in
+        every round, with no replies in a round without evaluation)."""
+        metrics = super().aggregate_evaluate(server_round, replies)
+        record = self.book.close()
+        self.history.append(record)
+        log(INFO, "%s", record.headline(self.num_rounds))
+        if self.on_round_end is not None:
+            self.on_round_end(record)
+        return metrics

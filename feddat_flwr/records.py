@@ -1,0 +1,256 @@
+"""The written schema of what a client reports and what a run records (results.json).
+
+Every metric name a client sends and every field of a round record and of results.json is
+defined here, once; the client, the strategy, the launcher, the comparison grid, the tuner and
+the benchmarks read and write them through these classes. JSON field names are hyphenated.
+
+A client reply's metrics are one flat record (as Flower's MetricRecord): `TrainReport` and
+`EvalReport` encode and decode them. A round's record (`RoundRecord`) keeps, per partition id,
+the client's `ClientRecord`; `Results` is the whole results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+
+# Keys of every client reply.
+PARTITION_ID = "partition-id"
+NUM_EXAMPLES = "num-examples"
+UNIT_WEIGHT = "unit-weight"  # 1.0 in every reply: the weight key of uniform weighting
+# strategy.weighting -> the reply key FedAvg weights by
+WEIGHT_KEYS = {"num-examples": NUM_EXAMPLES, "uniform": UNIT_WEIGHT}
+
+# Evaluation variants: the model configurations evaluated on each client (named as in
+# feddat_flwr.model.backbone.CONFIGURATIONS), plus the majority-answer baseline.
+VARIANTS = ("dat", "shared", "local")
+MAJORITY = "majority"
+ACCURACIES = (*VARIANTS, MAJORITY)
+
+_TRAIN = "train-"
+_EVAL = "eval-"
+
+Metrics = Mapping[str, float | int]
+
+
+@dataclass
+class TrainReport:
+    """What a client reports after training: sizes, losses per configuration trained
+    (`<configuration>-task`, `<configuration>-kd` and the total `loss`) and telemetry."""
+
+    partition_id: int
+    num_examples: int
+    losses: dict[str, float]
+    seconds: float
+    steps: int
+    peak_rss_mb: float
+    peak_cuda_mb: float | None = None
+
+    def record(self) -> dict[str, float]:
+        """The `train` field of the client's round record."""
+        out = {**self.losses, "seconds": self.seconds, "steps": self.steps,
+               "samples-per-s": self.num_examples / self.seconds if self.seconds else 0.0,
+               "peak-rss-mb": self.peak_rss_mb}
+        if self.peak_cuda_mb is not None:
+            out["peak-cuda-mb"] = self.peak_cuda_mb
+        return out
+
+    def to_metrics(self) -> dict[str, float | int]:
+        return {PARTITION_ID: self.partition_id, NUM_EXAMPLES: self.num_examples, UNIT_WEIGHT: 1.0,
+                **{_TRAIN + k: float(v) for k, v in self.record().items()}}
+
+    @classmethod
+    def from_metrics(cls, metrics: Metrics) -> TrainReport:
+        train = {k.removeprefix(_TRAIN): float(v) for k, v in metrics.items() if k.startswith(_TRAIN)}
+        telemetry = ("seconds", "steps", "samples-per-s", "peak-rss-mb", "peak-cuda-mb")
+        return cls(
+            partition_id=int(metrics[PARTITION_ID]),
+            num_examples=int(metrics[NUM_EXAMPLES]),
+            losses={k: v for k, v in train.items() if k not in telemetry},
+            seconds=train["seconds"],
+            steps=int(train["steps"]),
+            peak_rss_mb=train["peak-rss-mb"],
+            peak_cuda_mb=train.get("peak-cuda-mb"),
+        )
+
+
+@dataclass
+class EvalReport:
+    """What a client reports after evaluation: accuracy of every variant and the majority rate."""
+
+    partition_id: int
+    num_examples: int
+    accuracy: dict[str, float]  # keys ACCURACIES
+
+    def record(self) -> dict[str, float]:
+        """The `eval` field of the client's round record."""
+        return {**{v: self.accuracy[v] for v in ACCURACIES}, NUM_EXAMPLES: self.num_examples}
+
+    def to_metrics(self) -> dict[str, float | int]:
+        return {PARTITION_ID: self.partition_id, NUM_EXAMPLES: self.num_examples, UNIT_WEIGHT: 1.0,
+                **{_EVAL + v: float(self.accuracy[v]) for v in ACCURACIES}}
+
+    @classmethod
+    def from_metrics(cls, metrics: Metrics) -> EvalReport:
+        return cls(int(metrics[PARTITION_ID]), int(metrics[NUM_EXAMPLES]),
+                   {v: float(metrics[_EVAL + v]) for v in ACCURACIES})
+
+
+def summarize(evals: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Per accuracy field: the mean over clients weighted by their test size, and the worst client."""
+    total = sum(e[NUM_EXAMPLES] for e in evals.values()) or 1
+    return {v: {"mean": sum(e[v] * e[NUM_EXAMPLES] for e in evals.values()) / total,
+                "min": min(e[v] for e in evals.values())} for v in ACCURACIES}
+
+
+@dataclass
+class Failure:
+    node_id: int
+    stage: str  # "train" | "evaluate"
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node-id": self.node_id, "stage": self.stage, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Failure:
+        return cls(int(d["node-id"]), d["stage"], d["reason"])
+
+
+@dataclass
+class ClientRecord:
+    """One client's part of a round: its node, training size, `train` and `eval` fields."""
+
+    node_id: int
+    num_examples: int | None = None
+    train: dict[str, float] | None = None
+    eval: dict[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"node-id": self.node_id}
+        for key, value in ((NUM_EXAMPLES, self.num_examples), ("train", self.train), ("eval", self.eval)):
+            if value is not None:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ClientRecord:
+        return cls(int(d["node-id"]), d.get(NUM_EXAMPLES), d.get("train"), d.get("eval"))
+
+
+@dataclass
+class RoundRecord:
+    """One round of results.json. `eval` (see `summarize`) is present in evaluated rounds only."""
+
+    round: int
+    lr: float
+    clients: dict[str, ClientRecord] = field(default_factory=dict)  # by partition id
+    bytes_up: int = 0
+    bytes_down: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    eval: dict[str, dict[str, float]] | None = None
+    seconds: float = 0.0
+    straggler_seconds: float = 0.0
+
+    def client(self, partition_id: int, node_id: int) -> ClientRecord:
+        return self.clients.setdefault(str(partition_id), ClientRecord(node_id))
+
+    def close(self, seconds: float) -> None:
+        """Finish the record: clients in partition order, the evaluation summary, timings."""
+        self.clients = dict(sorted(self.clients.items(), key=lambda kv: int(kv[0])))
+        evals = {pid: c.eval for pid, c in self.clients.items() if c.eval is not None}
+        self.eval = summarize(evals) if evals else None
+        self.seconds = seconds
+        train_seconds = [c.train["seconds"] for c in self.clients.values() if c.train is not None]
+        self.straggler_seconds = (max(train_seconds) - statistics.median(train_seconds)
+                                  if train_seconds else 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "round": self.round, "lr": self.lr,
+            "clients": {pid: c.to_json() for pid, c in self.clients.items()},
+            "bytes-up": self.bytes_up, "bytes-down": self.bytes_down,
+            "failures": [f.to_json() for f in self.failures],
+        }
+        if self.eval is not None:
+            out["eval"] = self.eval
+        out["seconds"] = self.seconds
+        out["straggler-seconds"] = self.straggler_seconds
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RoundRecord:
+        return cls(
+            round=int(d["round"]), lr=float(d["lr"]),
+            clients={pid: ClientRecord.from_json(c) for pid, c in d["clients"].items()},
+            bytes_up=int(d["bytes-up"]), bytes_down=int(d["bytes-down"]),
+            failures=[Failure.from_json(f) for f in d.get("failures", [])],
+            eval=d.get("eval"), seconds=float(d["seconds"]),
+            straggler_seconds=float(d.get("straggler-seconds", 0.0)),
+        )
+
+    def headline(self, num_rounds: int) -> str:
+        """The per-round log line: accuracies (mean/min), mean train loss, time, traffic."""
+        parts = [f"round {self.round}/{num_rounds}"]
+        if self.eval is not None:
+            parts += [f"{v} {s['mean']:.3f} (min {s['min']:.3f})" for v, s in self.eval.items()]
+        losses = [c.train["loss"] for c in self.clients.values() if c.train is not None]
+        if losses:
+            parts.append(f"loss {statistics.fmean(losses):.3f}")
+        parts.append(f"{self.seconds:.1f} s")
+        parts.append(f"{(self.bytes_up + self.bytes_down) / 1e6:.2f} MB")
+        if self.failures:
+            parts.append(f"{len(self.failures)} failures")
+        return " | ".join(parts)
+
+
+@dataclass
+class Results:
+    """results.json: the resolved `config`, run `info`, the `rounds` and the `final` evaluation."""
+
+    config: dict[str, Any]
+    info: dict[str, Any]
+    rounds: list[RoundRecord] = field(default_factory=list)
+    final: dict[str, dict[str, float]] | None = None
+
+    def add_round(self, record: RoundRecord) -> None:
+        self.rounds.append(record)
+        if record.eval is not None:
+            self.final = record.eval
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run evaluated its last round."""
+        return bool(self.final and self.rounds and self.rounds[-1].round == self.config["num-rounds"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "info": self.info, "rounds": [r.to_json() for r in self.rounds],
+                "final": self.final}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Results:
+        return cls(d["config"], d.get("info", {}), [RoundRecord.from_json(r) for r in d["rounds"]],
+                   d.get("final"))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Results | None:
+        """The results in `run_dir`, or None if there are none (yet) or they cannot be read."""
+        try:
+            return cls.from_json(json.loads((Path(run_dir) / RESULTS_FILE).read_text()))
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def completed_results(run_dir: Path) -> Results | None:
+    """The results of the run in `run_dir` if it evaluated its last round, else None."""
+    results = Results.load(run_dir)
+    return results if results is not None and results.complete else None

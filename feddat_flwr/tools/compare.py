@@ -1,0 +1,188 @@
+"""Methods x presets x seeds on one harness, and the paper-style comparison table.
+
+    python -m feddat_flwr.tools.compare --out docs/results/comparison            # the default grid
+    python -m feddat_flwr.tools.compare --methods feddat fedavg --presets function --seeds 0 1 \\
+        --out /tmp/cmp -c num-rounds=4
+
+Every cell is a normal run of the app (`feddat_flwr.tools.launch`, a private simulation SuperLink)
+with run config `preset=<preset> method=<method> seed=<seed>` plus the common overrides, into
+<out>/runs/<preset>/<method>/seed-<seed>/. Finished cells are not run again (resumable); an
+unfinished cell's directory is moved aside, never deleted. Then the summary is written:
+comparison.md / comparison.csv (rows methods, columns clients + average, mean ± std over seeds of
+each method's personalised accuracy, best per column in bold), convergence-<preset>.png and the
+communication and wall time per method.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from feddat_flwr.methods import METHODS, get_method
+from feddat_flwr.records import completed_results
+from feddat_flwr.results import atomic_write_bytes, pyplot
+from feddat_flwr.tools.cli import unwind_on_sigterm
+from feddat_flwr.tools.grid import grid_parser, run_cells
+
+
+def cell_dir(out: Path, preset: str, method: str, seed: int) -> Path:
+    return out / "runs" / preset / method / f"seed-{seed}"
+
+
+def run_grid(out: Path, presets, methods, seeds, overrides: dict[str, Any], num_clients: int,
+             lrs: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """Every preset x method x seed cell; `lrs[preset][method]`, where given, is the cell's
+    train.lr (e.g. the tuned ones of `python -m feddat_flwr.tools.tune`)."""
+    # Seed by seed: if the grid is stopped early, every preset and method has its first seeds.
+    cells = []
+    for s in seeds:
+        for b in presets:
+            for m in methods:
+                lr = (lrs or {}).get(b, {}).get(m)
+                config = {**overrides, "preset": b, "method": m, "seed": s, **({"train.lr": lr} if lr else {})}
+                cells.append((f"{b} {m} seed {s}", cell_dir(out, b, m, s), config))
+    run_cells(cells, num_clients)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def collect(out: Path, presets, methods, seeds) -> list[dict]:
+    """One row per preset x method x column (client id or 'avg') over the finished seeds."""
+    rows = []
+    for preset in presets:
+        for method in methods:
+            runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))]
+            if not runs:
+                continue
+            variant = get_method(method).personalised
+            last = [r.rounds[-1] for r in runs]
+            clients = sorted(last[0].clients, key=int)
+            columns = {c: [rec.clients[c].eval[variant] for rec in last] for c in clients}
+            columns["avg"] = [rec.eval[variant]["mean"] for rec in last]
+            for column, values in columns.items():
+                mean, std = _mean_std(values)
+                rows.append({"preset": preset, "method": method, "variant": variant, "column": column,
+                             "mean": mean, "std": std, "seeds": len(values)})
+            bytes_total = [sum(rec.bytes_up + rec.bytes_down for rec in r.rounds) for r in runs]
+            seconds = [sum(rec.seconds for rec in r.rounds) for r in runs]
+            rows.append({"preset": preset, "method": method, "variant": variant, "column": "bytes",
+                         "mean": statistics.fmean(bytes_total), "std": 0.0, "seeds": len(runs)})
+            rows.append({"preset": preset, "method": method, "variant": variant, "column": "seconds",
+                         "mean": statistics.fmean(seconds), "std": 0.0, "seeds": len(runs)})
+    return rows
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    lines = ["# FedDAT vs baselines on easy-VQA heterogeneity presets", "",
+             f"Produced by: `{command}`", "",
+             "Personalised test accuracy per client (each method's own personalised model: `dat` for "
+             "FedDAT and no-KD, the aggregate + private head for FedAvg/FedProx/no-local, the local "
+             "adapter for local-only), mean ± std over seeds; **bold**: best mean per column. "
+             "Communication: bytes of adapters exchanged over the run; time: sum of round times.", ""]
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        acc = [r for r in rows if r["preset"] == preset and r["column"] not in ("bytes", "seconds")]
+        columns = list(dict.fromkeys(r["column"] for r in acc))
+        best = {c: max(r["mean"] for r in acc if r["column"] == c) for c in columns}
+        lines += [f"## {preset}", "",
+                  "| method | " + " | ".join(f"client {c}" if c != "avg" else "average" for c in columns)
+                  + " | MB exchanged | seconds |",
+                  "|---|" + "---|" * (len(columns) + 2)]
+        for method in dict.fromkeys(r["method"] for r in acc):
+            cells = []
+            for c in columns:
+                r = next(x for x in acc if x["method"] == method and x["column"] == c)
+                text = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}"
+                cells.append(f"**{text}**" if r["mean"] == best[c] else text)
+            extra = {x["column"]: x["mean"] for x in rows
+                     if x["preset"] == preset and x["method"] == method and x["column"] in ("bytes", "seconds")}
+            seeds = next(x["seeds"] for x in acc if x["method"] == method)
+            lines.append(f"| {method} (n={seeds}) | " + " | ".join(cells)
+                         + f" | {extra['bytes'] / 1e6:.1f} | {extra['seconds']:.0f} |")
+        lines += ["", verdict([r for r in acc if r["column"] == "avg"]), ""]
+    return "\n".join(lines)
+
+
+def verdict(averages: list[dict]) -> str:
+    """FedDAT's average against the best baseline's: the difference, and whether it exceeds one
+    std over seeds (mean_F - mean_B > max(std_F, std_B))."""
+    feddat = next((r for r in averages if r["method"] == "feddat"), None)
+    baselines = [r for r in averages if r["method"] in METHODS and METHODS[r["method"]].baseline]
+    if feddat is None or not baselines:
+        return "FedDAT vs baselines: not both in this table."
+    best = max(baselines, key=lambda r: r["mean"])
+    diff = feddat["mean"] - best["mean"]
+    beyond = diff > max(feddat["std"], best["std"]) and min(feddat["seeds"], best["seeds"]) > 1
+    if diff <= 0:
+        outcome = "not better than it."
+    else:
+        outcome = f"better than it, {'' if beyond else 'not '}beyond one std over seeds."
+    return (f"FedDAT average {100 * feddat['mean']:.1f} vs best baseline ({best['method']}) "
+            f"{100 * best['mean']:.1f}: {100 * diff:+.1f} points, {outcome}")
+
+
+def plot_convergence(out: Path, presets, methods, seeds, dest: Path) -> None:
+    plt = pyplot()
+    for preset in presets:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in methods:
+            runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))]
+            if not runs:
+                continue
+            variant = get_method(method).personalised
+            evaluated = [[rec for rec in r.rounds if rec.eval is not None] for r in runs]
+            xs = [rec.round for rec in evaluated[0]]
+            ys = [statistics.fmean(e[i].eval[variant]["mean"] for e in evaluated) for i in range(len(xs))]
+            ax.plot(xs, ys, marker="o", label=method)
+        if not ax.lines:
+            plt.close(fig)
+            continue
+        ax.set(title=f"{preset}: mean personalised accuracy", xlabel="round", ylabel="accuracy", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        atomic_write_bytes(dest / f"convergence-{preset}.png", buffer.getvalue())
+
+
+def write_summary(out: Path, presets, methods, seeds, command: str) -> list[dict]:
+    rows = collect(out, presets, methods, seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "comparison.md", markdown(rows, command).encode())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["preset", "method", "variant", "column", "mean", "std", "seeds"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "comparison.csv", text.getvalue().encode())
+    plot_convergence(out, presets, methods, seeds, out)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = grid_parser(__doc__)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--lr-from", type=Path, metavar="BEST_LR_JSON",
+                        help="per preset and method learning rates (best-lr.json of feddat_flwr.tools.tune)")
+    args = parser.parse_args(argv)
+    unwind_on_sigterm()
+    out = args.out.resolve()
+    if not args.summary_only:
+        lrs = json.loads(args.lr_from.read_text()) if args.lr_from else None
+        run_grid(out, args.presets, args.methods, args.seeds, dict(args.config), args.clients, lrs)
+    command = "python -m feddat_flwr.tools.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_summary(out, args.presets, args.methods, args.seeds, command)
+    print(f"summary: {out / 'comparison.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
