@@ -40,8 +40,8 @@ def in_process_rounds(cfg, num_clients: int) -> tuple[list[float], list[float]]:
     backbone = load_backbone_for(cfg)
     clients = [load_client_data(DataSpec.from_config(cfg, i, num_clients), backbone) for i in range(num_clients)]
     states = [None] * num_clients
-    communicates = get_method(cfg.method).communicates
-    global_adapter = backbone.initial_adapter(cfg.seed) if communicates else {}
+    communicates = get_method(cfg["method"]).communicates
+    global_adapter = backbone.initial_adapter(cfg["seed"]) if communicates else {}
     weight_key = WEIGHT_KEYS[cfg.strategy["weighting"]]
     seconds, train_seconds = [], []
     for r in range(1, cfg["num-rounds"] + 1):

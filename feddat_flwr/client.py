@@ -60,7 +60,7 @@ class DataSpec:
                 f"(num-partitions {num_partitions})."
             )
         d = cfg.data
-        return cls(d.partitioner, d["client-views"], num_partitions, partition_id, cfg.seed,
+        return cls(d["partitioner"], d["client-views"], num_partitions, partition_id, cfg["seed"],
                    d["dirichlet-alpha"], d["max-train"], d["max-test"], d["validation-fraction"])
 
 
@@ -137,8 +137,8 @@ def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState
                  ) -> tuple[dict[str, torch.Tensor], TrainReport, ClientState]:
     """One round of training on this client: returns (new shared adapter, report, new private state).
     The returned adapter is empty when the method communicates nothing."""
-    state, head = _prepare(backbone, data, state, global_adapter, cfg.seed)
-    round_seed = _round_seed(cfg.seed, server_round, data.partition_id)
+    state, head = _prepare(backbone, data, state, global_adapter, cfg["seed"])
+    round_seed = _round_seed(cfg["seed"], server_round, data.partition_id)
     torch.manual_seed(round_seed)  # LoRA dropout
     generator = torch.Generator().manual_seed(round_seed)
     if backbone.device.type == "cuda":
@@ -159,14 +159,14 @@ def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState
         seconds=stats.seconds, steps=stats.steps,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak_cuda_mb=peak_cuda_mb,
     )
-    shared = backbone.adapter_state("shared") if get_method(cfg.method).communicates else {}
+    shared = backbone.adapter_state("shared") if get_method(cfg["method"]).communicates else {}
     return shared, report, new_state
 
 
 def evaluate_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None,
                     global_adapter: dict[str, torch.Tensor], cfg: DictConfig) -> EvalReport:
     """Accuracy of every variant on the client's test split, and the majority baseline."""
-    _, head = _prepare(backbone, data, state, global_adapter, cfg.seed)
+    _, head = _prepare(backbone, data, state, global_adapter, cfg["seed"])
     accuracy = evaluate_variants(backbone, head, data.test, lam=cfg.feddat["lambda"],
                                  batch_size=cfg.train["eval-batch-size"])
     return EvalReport(data.partition_id, len(data.test), {**accuracy, MAJORITY: data.majority})

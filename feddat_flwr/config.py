@@ -2,8 +2,9 @@
 
 conf/ is the single source of truth for every default. `pyproject.toml` declares every key
 (Flower rejects unknown run-config keys) with the empty string, which means "take the value from
-conf/". Each key has one type (its value's in base.yaml) and at most one rule (`RULES`). Keys
-with hyphens are read with item access everywhere: `cfg.train["lr-schedule"]`.
+conf/". Each key has one type (its value's in base.yaml) and at most one rule (`RULES`). Code
+reads sections as attributes and every key with item access (most keys have hyphens):
+`cfg.train["lr-schedule"]`, `cfg["seed"]`.
 """
 
 from __future__ import annotations

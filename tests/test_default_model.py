@@ -47,7 +47,7 @@ def test_build_loads_like_a_hub_checkpoint(built: tuple[Path, dict]) -> None:
         out = model(**inputs)
     assert out.pooler_output.shape == (1, 128)
     assert (path / "recipe.json").is_file() and (path / "vocab.txt").is_file()
-    assert stats["steps"] == STEPS and 0 <= stats["probe_color_acc"] <= 1
+    assert stats["steps"] == STEPS
 
 
 def test_fast_image_embeds_match_vilt() -> None:

@@ -64,8 +64,11 @@ def _compare_with_step(step, backbone, head, batch, s, start, head_start, expect
     assert all(torch.equal(teacher[k], start["teacher"][k]) for k in teacher)
 
 
-def _start(backbone, head):
-    return {a: backbone.adapter_state(a) for a in ADAPTERS}, {k: v.clone() for k, v in head.state_dict().items()}
+def _begin(cfg, backbone, head, schedule):
+    """The settings, the starting values to compare from, and the parameters the definition updates."""
+    start = {a: backbone.adapter_state(a) for a in ADAPTERS}, {k: v.clone() for k, v in head.state_dict().items()}
+    params = backbone.parameters_of("shared"), backbone.parameters_of("local"), list(head.parameters())
+    return _settings(cfg, schedule), start, params
 
 
 def _expected(backbone, head):
@@ -75,13 +78,10 @@ def _expected(backbone, head):
 
 def test_fast_step_equals_its_definition(setup):
     cfg, backbone, head, batch = setup
-    s = _settings(cfg, "fast")
-    start, head_start = _start(backbone, head)
+    s, (start, head_start), (shared, local, head_params) = _begin(cfg, backbone, head, "fast")
     # Definition: z_s = Student(x), z_D = DAT(x) (one forward each, same starting weights);
     # g_shared = dL_s/dshared with z_D detached; g_local = dL_D/dlocal with z_s detached;
     # g_head = dL_s/dhead + dL_D/dhead; then one AdamW step with these gradients.
-    shared, local, head_params = (backbone.parameters_of("shared"), backbone.parameters_of("local"),
-                                  list(head.parameters()))
     backbone.set_configuration("shared", s.lam, trainable=("shared", "local"))
     z_s = head(backbone.encode(backbone.embed(batch)))
     backbone.set_configuration("dat", s.lam, trainable=("shared", "local"))
@@ -101,13 +101,10 @@ def test_fast_step_equals_its_definition(setup):
 
 def test_reference_step_equals_its_definition(setup):
     cfg, backbone, head, batch = setup
-    s = _settings(cfg, "reference")
-    start, head_start = _start(backbone, head)
+    s, (start, head_start), (shared, local, head_params) = _begin(cfg, backbone, head, "reference")
     # Definition (the authors' order): z_D0 = DAT(x) without gradients; student step: AdamW on
     # dL_s/d(shared, head) with L_s = MKD(z_s; z_D0); DAT step: with the updated head,
     # z_D = DAT(x), AdamW on dL_D/d(local, head) with L_D = MKD(z_D; z_s detached).
-    shared, local, head_params = (backbone.parameters_of("shared"), backbone.parameters_of("local"),
-                                  list(head.parameters()))
     optimizer = torch.optim.AdamW(shared + local + head_params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
     with torch.no_grad():
         backbone.set_configuration("dat", s.lam)

@@ -98,7 +98,7 @@ def test_evaluation_scores_the_trained_model_above_chance(tiny_cfg):
     cfg = tiny_cfg({"data.max-train": 96, "data.max-test": 48, "train.local-epochs": 4})
     backbone = load_backbone_for(cfg)
     data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)  # shape questions
-    g = backbone.initial_adapter(cfg.seed)
+    g = backbone.initial_adapter(cfg["seed"])
     _, _, state = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
     report = evaluate_client(backbone, data, state, g, cfg)
     assert report.accuracy["dat"] > 1 / len(data.labels)
@@ -145,7 +145,7 @@ def test_fedprox_term_pulls_towards_the_global_adapter(tiny_cfg):
         cfg = tiny_cfg({"method": "fedprox", "fedprox.mu": mu})
         backbone = load_backbone_for(cfg)
         data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
-        g = backbone.initial_adapter(cfg.seed)
+        g = backbone.initial_adapter(cfg["seed"])
         shared, _, _ = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
         distances[mu] = _distance(shared, g)
     assert distances[100.0] < distances[0.0]
@@ -159,7 +159,7 @@ def test_task_views_give_clients_their_own_label_spaces(tiny_cfg):
     assert all(" " in label for label in labels[2])  # describe: "<colour> <shape>"
     assert len(labels[0]) > 2 and labels[0] != labels[2]
     data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
-    _, report, state = train_client(backbone, data, None, backbone.initial_adapter(cfg.seed), cfg, lr=0.01,
+    _, report, state = train_client(backbone, data, None, backbone.initial_adapter(cfg["seed"]), cfg, lr=0.01,
                                     server_round=1)
     head = AnswerHead(backbone.hidden_size, len(data.labels))
     head.load_state_dict(state.head)

@@ -1,4 +1,4 @@
-"""Tests for the domain and task benchmark data: domains.py, tasks.py, benchmarks.py."""
+"""Tests for the clients' visual domains and tasks: domains.py, tasks.py, views.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datasets import Dataset
 from PIL import Image
 
 from feddat_flwr.data.attributes import COLORS, SHAPES, split_attributes, words
-from feddat_flwr.data.views import VIEWS, ClientView, client_view
+from feddat_flwr.data.views import ClientView, client_view
 from feddat_flwr.data.domains import DOMAINS, domain_transform
 from feddat_flwr.data.easyvqa import load_easyvqa
 from feddat_flwr.data.tasks import DESCRIBE_QUESTION, TASKS, VERIFY_TEMPLATES, make_task_split
@@ -167,7 +167,7 @@ def test_task_texts_are_in_the_default_model_vocabulary() -> None:
         assert set(words(text)) <= vocabulary and len(words(text)) + 2 <= RECIPE.text_length, text
 
 
-# --- benchmarks ---------------------------------------------------------------------------
+# --- client views ---------------------------------------------------------------------------
 
 def test_client_view() -> None:
     assert [client_view("domain", i).domain for i in range(5)] == list(DOMAINS)
@@ -176,4 +176,3 @@ def test_client_view() -> None:
     assert {client_view("same", i) for i in range(6)} == {ClientView("clean", "vqa")}
     with pytest.raises(ValueError, match="Unknown client views 'mixed'; allowed: same, domain, task"):
         client_view("mixed", 0)
-    assert VIEWS == ("same", "domain", "task")

@@ -24,14 +24,14 @@ from feddat_flwr.training.schedule import round_lr
 
 def run_server(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
-    random.seed(cfg.seed)  # Flower samples clients with `random`
+    random.seed(cfg["seed"])  # Flower samples clients with `random`
     run_dir = prepare_run_dir(cfg["output-dir"], context.run_id)
     log(INFO, "FedDAT run directory: %s", run_dir)
 
     # Builds the default model once, before any client starts; the server only needs the adapter.
     backbone = load_backbone_for(cfg, device="cpu")
-    method = get_method(cfg.method)
-    initial = backbone.initial_adapter(cfg.seed) if method.communicates else {}
+    method = get_method(cfg["method"])
+    initial = backbone.initial_adapter(cfg["seed"]) if method.communicates else {}
     info = {
         "model-path": backbone.name_or_path,
         "adapter-bytes": backbone.adapter_num_bytes(),
@@ -64,4 +64,4 @@ def run_server(grid: Grid, context: Context) -> None:
     if method.communicates:
         save_adapter(run_dir / ADAPTER_DIR, result.arrays.to_torch_state_dict(),
                      backbone.lora.peft_config(backbone.name_or_path))
-    log(INFO, "%s finished: results in %s", cfg.method, run_dir)
+    log(INFO, "%s finished: results in %s", cfg["method"], run_dir)

@@ -34,7 +34,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig, lr: float) -> TrainSettings:
-        method = get_method(cfg.method)
+        method = get_method(cfg["method"])
         train, feddat = cfg.train, cfg.feddat
         return cls(
             method=method.name, schedule=feddat["schedule"], lr=lr,

@@ -19,19 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from feddat_flwr.tools.superlink import (
-    APP_DIR,
-    CONNECTION,
-    RunFailed,
-    flwr_cli,
-    free_port,
-    stop_process,
-    submit_run,
-    tool_env,
-    wait_for_port,
-    wait_for_run,
-    write_flwr_home,
-)
+from feddat_flwr.tools import superlink
+from feddat_flwr.tools.superlink import APP_DIR, CONNECTION, RunFailed, free_port, stop_process
 
 DEPLOY_DIR = APP_DIR / "deploy"
 
@@ -58,7 +47,7 @@ class LocalDeployment:
         self.certs = self.work_dir / "certs"
         self.port = free_port()
         self.node_ports = [free_port() for _ in range(num_nodes)]
-        self.env = tool_env(self.work_dir / "cli-home", PYTHONUNBUFFERED="1", CERTS_DIR=str(self.certs),
+        self.env = superlink.tool_env(self.work_dir / "cli-home", PYTHONUNBUFFERED="1", CERTS_DIR=str(self.certs),
                             INSECURE=str(int(not tls)), NODE_AUTH=str(int(auth)))
         self.superlink: subprocess.Popen | None = None
         self.nodes: dict[int, subprocess.Popen] = {}
@@ -93,12 +82,12 @@ class LocalDeployment:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.tls and not (self.certs / "ca.crt").exists():
             self._script("make-certs.sh", str(self.certs), NUM_SUPERNODES=str(self.num_nodes))
-        write_flwr_home(Path(self.env["FLWR_HOME"]), f"127.0.0.1:{self.port}",
+        superlink.write_flwr_home(Path(self.env["FLWR_HOME"]), f"127.0.0.1:{self.port}",
                         root_certificates=self.certs / "ca.crt" if self.tls else None)
         self.superlink = self._spawn("superlink", "start-superlink.sh", {
             "SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": str(self.port),
             "SUPERLINK_DATABASE": str(self.work_dir / "superlink" / "superlink.db")})
-        wait_for_port(self.port, self.superlink, timeout, self.log_path("superlink"))
+        superlink.wait_for_port(self.port, self.superlink, timeout, self.log_path("superlink"))
         if self.auth:
             self._script("register-nodes.sh", CONNECTION,
                          *(str(self.certs / f"supernode-{i}.pub") for i in range(self.num_nodes)))
@@ -122,7 +111,7 @@ class LocalDeployment:
         stop_group(self.nodes.pop(i))
 
     def online_nodes(self) -> int:
-        listing = flwr_cli("supernode", "list", CONNECTION, env=self.env)
+        listing = superlink.flwr_cli("supernode", "list", CONNECTION, env=self.env)
         return sum(node.get("status") == "online" for node in listing.get("nodes", []))
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
@@ -158,13 +147,13 @@ class LocalDeployment:
     # -- runs -------------------------------------------------------------------------------
     def submit(self, run_config: Mapping[str, Any]) -> int:
         """Submit a run of the app (`flwr run`) and return its run id without waiting."""
-        return submit_run(self.app_dir, run_config, self.work_dir / f"run-config-{time.monotonic_ns()}.toml",
+        return superlink.submit_run(self.app_dir, run_config, self.work_dir / f"run-config-{time.monotonic_ns()}.toml",
                           self.env)
 
     def wait(self, run_id: int, timeout: float, run_dir: Path | None = None) -> str:
         """The run's final status ("finished:completed", ...) or "timeout"; `run_dir` (the run's
         output-dir) lets it notice the end within a second (see superlink.wait_for_run)."""
-        return wait_for_run(run_id, self.env, time.monotonic() + timeout, run_dir)
+        return superlink.wait_for_run(run_id, self.env, time.monotonic() + timeout, run_dir)
 
     def run(self, run_config: Mapping[str, Any], timeout: float = 3600) -> tuple[int, str]:
         """Submit a run and wait for it: (run id, final status)."""
