@@ -24,7 +24,7 @@ def _global_adapter(msg: Message) -> dict:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = load_config(context.run_config)
-    backbone, data = client_for(cfg, context.node_config)
+    backbone, data = client_for(cfg, context.node_config, context.node_id)
     mirror = mirror_dir(context.node_config, context.run_id)
     config = msg.content["config"]
     shared, report, state = train_client(
@@ -39,7 +39,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = load_config(context.run_config)
-    backbone, data = client_for(cfg, context.node_config)
+    backbone, data = client_for(cfg, context.node_config, context.node_id)
     state = restore_state(context.state, mirror_dir(context.node_config, context.run_id))
     report = evaluate_client(backbone, data, state, _global_adapter(msg), cfg)
     return Message(content=RecordDict({"metrics": MetricRecord(report.to_metrics())}), reply_to=msg)

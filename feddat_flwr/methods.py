@@ -58,6 +58,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+PROPOSED = "feddat"  # the method the comparison's verdict sets against the best baseline
 
 
 def register_method(method: Method) -> Method:

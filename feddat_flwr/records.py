@@ -50,12 +50,15 @@ class TrainReport:
     seconds: float
     steps: int
     peak_rss_mb: float
+    data_wait_seconds: float = 0.0  # of `seconds`, waiting for the next batch
+    dropped_examples: int = 0  # training examples none of whose answers is in the vocabulary
     peak_cuda_mb: float | None = None
 
     def record(self) -> dict[str, float]:
         """The `train` field of the client's round record."""
         out = {**self.losses, "seconds": self.seconds, "steps": self.steps,
                "samples-per-s": self.num_examples / self.seconds if self.seconds else 0.0,
+               "data-wait-seconds": self.data_wait_seconds, "dropped-examples": self.dropped_examples,
                "peak-rss-mb": self.peak_rss_mb}
         if self.peak_cuda_mb is not None:
             out["peak-cuda-mb"] = self.peak_cuda_mb
@@ -68,7 +71,8 @@ class TrainReport:
     @classmethod
     def from_metrics(cls, metrics: Metrics) -> TrainReport:
         train = {k.removeprefix(_TRAIN): float(v) for k, v in metrics.items() if k.startswith(_TRAIN)}
-        telemetry = ("seconds", "steps", "samples-per-s", "peak-rss-mb", "peak-cuda-mb")
+        telemetry = ("seconds", "steps", "samples-per-s", "data-wait-seconds", "dropped-examples", "peak-rss-mb",
+                     "peak-cuda-mb")
         return cls(
             partition_id=int(metrics[PARTITION_ID]),
             num_examples=int(metrics[NUM_EXAMPLES]),
@@ -76,6 +80,8 @@ class TrainReport:
             seconds=train["seconds"],
             steps=int(train["steps"]),
             peak_rss_mb=train["peak-rss-mb"],
+            data_wait_seconds=train.get("data-wait-seconds", 0.0),
+            dropped_examples=int(train.get("dropped-examples", 0)),
             peak_cuda_mb=train.get("peak-cuda-mb"),
         )
 

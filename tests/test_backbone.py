@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from feddat_flwr.client import DataSpec, load_client_data
-from feddat_flwr.data.encode import iterate_batches
+from feddat_flwr.data.client_data import DataSpec, load_client_data
+from feddat_flwr.data.loader import make_loader
 from transformers import ViltModel
 
 from feddat_flwr.model.backbone import CONFIGURATIONS, AdaptedBackbone, LoraSpec, load_backbone_for
@@ -14,8 +14,8 @@ from feddat_flwr.model.backbone import CONFIGURATIONS, AdaptedBackbone, LoraSpec
 def backbone_and_batch(tiny_cfg):
     cfg = tiny_cfg()
     backbone = load_backbone_for(cfg)
-    batch = next(iterate_batches(load_client_data(DataSpec.from_config(cfg, 0, 3), backbone).train, 8,
-                                 shuffle=False))
+    data = load_client_data(DataSpec.from_config(cfg, 0, 3), backbone.processor)
+    batch = next(iter(make_loader(data.train, data.collator, 8, shuffle=False)))
     saved = {a: backbone.adapter_state(a) for a in ("shared", "local", "teacher")}
     torch.manual_seed(0)
     for name, state in saved.items():  # distinct non-zero adapters, so every configuration differs
@@ -28,7 +28,7 @@ def backbone_and_batch(tiny_cfg):
 @torch.no_grad()
 def test_embed_then_encode_equals_the_full_vilt_forward_in_every_configuration(backbone_and_batch):
     backbone, batch = backbone_and_batch
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k != "targets"}
     outputs = {}
     for configuration in CONFIGURATIONS:
         backbone.set_configuration(configuration, 0.5)
@@ -54,7 +54,7 @@ def _merged_vilt(model_dir: str, lora: LoraSpec, adapters: dict[str, tuple[dict,
 @pytest.mark.parametrize("lam", [0.5, 0.25])
 def test_dat_is_lambda_times_local_plus_lambda_times_teacher(backbone_and_batch, tiny_model_dir, lam):
     backbone, batch = backbone_and_batch
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k != "targets"}
     local, teacher = backbone.adapter_state("local"), backbone.adapter_state("teacher")
     backbone.model.eval()
     backbone.set_configuration("shared", lam)  # a switch away and back re-applies the DAT's scales

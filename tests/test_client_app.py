@@ -25,7 +25,7 @@ def _message(kind, arrays, server_round):
 
 def test_only_the_shared_adapter_leaves_and_private_state_persists(context, tiny_cfg):
     backbone = load_backbone_for(tiny_cfg())
-    global_adapter = backbone.adapter_state("shared")
+    global_adapter = backbone.initial_adapter(0)
     reply = client_app.train(_message("train", global_adapter, 1), context)
 
     assert set(reply.content.keys()) == {"arrays", "metrics"}
@@ -61,7 +61,7 @@ def test_bad_partition_id_is_a_clear_error(context):
 
 def test_state_is_mirrored_and_restored_after_a_restart(context, tiny_cfg, tmp_path):
     context.node_config["state-dir"] = str(tmp_path / "node-state")
-    global_adapter = load_backbone_for(tiny_cfg()).adapter_state("shared")
+    global_adapter = load_backbone_for(tiny_cfg()).initial_adapter(0)
     client_app.train(_message("train", global_adapter, 1), context)
     mirrored = tmp_path / "node-state" / "run-1"
     assert sorted(p.name for p in mirrored.iterdir()) == ["head.safetensors", "local-adapter.safetensors",

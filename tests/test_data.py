@@ -1,11 +1,10 @@
-"""Tests for feddat_flwr.data: easy-VQA loading, client partitions, tensor encoding."""
+"""Tests for feddat_flwr.data: easy-VQA loading, client partitions, the per-batch loader."""
 
 from __future__ import annotations
 
 import copy
 import os
 from collections import Counter
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +12,11 @@ import torch
 from datasets import Dataset
 from PIL import Image, ImageOps
 
+from datasets import Image as DatasetImage
+
+from feddat_flwr.data.answers import Vocabulary
 from feddat_flwr.data.easyvqa import QUESTION_TYPES, load_easyvqa
-from feddat_flwr.data.encode import encode_split, iterate_batches, label_space
+from feddat_flwr.data.loader import ClientSplit, Collator, make_loader
 from feddat_flwr.data.partition import client_split, hold_out
 
 SHAPES = {"circle", "rectangle", "triangle"}
@@ -33,12 +35,6 @@ def test() -> Dataset:
 def keys(ds: Dataset) -> list[tuple[int, str]]:
     """(image_id, question) identifies an easy-VQA row uniquely within a split."""
     return list(zip(ds["image_id"][:], ds["question"][:]))
-
-
-def row_of(table: torch.Tensor, row: torch.Tensor) -> int:
-    """Index of the single row of ``table`` equal to ``row``."""
-    (match,) = (table == row).flatten(1).all(1).nonzero()[:, 0].tolist()
-    return match
 
 
 def answer_distribution(ds: Dataset, labels: list[str]) -> np.ndarray:
@@ -100,7 +96,7 @@ def test_dirichlet_is_reproducible_and_seeded(train: Dataset, test: Dataset) -> 
 
 
 def test_dirichlet_train_and_test_share_class_proportions(train: Dataset, test: Dataset) -> None:
-    labels = label_space(train)
+    labels = sorted(train.unique("answer"))
     sizes = []
     for pid in range(5):
         tr, te = split(train, test, "dirichlet", pid, seed=1)
@@ -180,7 +176,7 @@ def test_dirichlet_needs_same_answers_in_train_and_test(train: Dataset, test: Da
         split(train, no_teal, "dirichlet", 0)
 
 
-# --- encode -------------------------------------------------------------------------------
+# --- loader -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def small(train: Dataset) -> Dataset:
@@ -188,78 +184,87 @@ def small(train: Dataset) -> Dataset:
     return train.select(range(120))
 
 
-def test_label_space(small: Dataset) -> None:
-    labels = label_space(small)
-    assert labels == sorted(set(small["answer"][:]))
+def _split(rows: Dataset, processor, labels: list[str], transform=None) -> tuple[ClientSplit, Collator]:
+    vocabulary = Vocabulary(tuple(labels), multi_answer=False)
+    targets = [vocabulary.target([a]) for a in rows["answer"]]
+    split_ = ClientSplit(rows, rows["question"], targets, processor.image_processor, transform=transform)
+    return split_, Collator(processor.tokenizer, len(labels), multi_answer=False)
 
 
-def test_encode_split_dedups_and_reconstructs(small: Dataset, tiny_processor) -> None:
-    labels = [a for a in label_space(small) if a != "yes"]
-    enc = encode_split(small, tiny_processor, labels, chunk_size=5)
+def test_batches_are_the_processors_encoding_of_each_row(small: Dataset, tiny_processor) -> None:
+    labels = sorted(a for a in set(small["answer"]) if a != "yes")
+    data, collator = _split(small, tiny_processor, labels)
     rows = small.to_list()
-    assert len(enc) == len(rows)
-    n_images = len({r["image_path"] for r in rows})
-    assert n_images < len(rows)
-    assert enc.pixel_values.shape == (n_images, 3, 64, 64) and enc.pixel_mask.shape == (n_images, 64, 64)
-    assert enc.pixel_mask.dtype == torch.long
-    n_questions = len({r["question"] for r in rows})
-    assert n_questions < len(rows)
-    assert enc.input_ids.shape == enc.attention_mask.shape == enc.token_type_ids.shape == (n_questions, 16)
+    batch = next(iter(make_loader(data, collator, len(rows), shuffle=False)))
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask", "targets"}
+    assert batch["pixel_values"].shape == (len(rows), 3, 64, 64) and batch["pixel_mask"].dtype == torch.long
+    assert batch["input_ids"].shape == (len(rows), 16)
     for i in (0, 7, len(rows) - 1):
-        row = rows[i]
-        with Image.open(row["image_path"]) as image:
+        with Image.open(rows[i]["image_path"]) as image:
             pixels = tiny_processor.image_processor(image.convert("RGB"), return_tensors="pt")
-        assert torch.equal(enc.pixel_values[enc.image_index[i]], pixels["pixel_values"][0])
-        text = tiny_processor.tokenizer(row["question"], padding="max_length", max_length=16,
-                                        return_tensors="pt")
-        assert torch.equal(enc.input_ids[enc.question_index[i]], text["input_ids"][0])
-        assert torch.equal(enc.attention_mask[enc.question_index[i]], text["attention_mask"][0])
+        assert torch.equal(batch["pixel_values"][i], pixels["pixel_values"][0])
+        text = tiny_processor.tokenizer(rows[i]["question"], padding="max_length", max_length=16, return_tensors="pt")
+        assert torch.equal(batch["input_ids"][i], text["input_ids"][0])
     expected = [-1 if r["answer"] == "yes" else labels.index(r["answer"]) for r in rows]
-    assert enc.labels.tolist() == expected and -1 in expected
-    same = encode_split(small, tiny_processor, labels)  # default chunk size
-    assert torch.equal(same.pixel_values, enc.pixel_values)
+    assert batch["targets"].tolist() == expected and -1 in expected
+    again = next(iter(make_loader(data, collator, len(rows), shuffle=False)))  # from the processed-image cache
+    assert torch.equal(again["pixel_values"], batch["pixel_values"])
 
 
-def test_encode_split_applies_image_transform(small: Dataset, tiny_processor) -> None:
-    plain = encode_split(small.select(range(3)), tiny_processor, ["no"])
-    mirrored = encode_split(small.select(range(3)), tiny_processor, ["no"], image_transform=ImageOps.mirror)
-    assert torch.allclose(mirrored.pixel_values, plain.pixel_values.flip(-1))
+def test_images_of_different_sizes_are_padded_with_their_masks(tiny_processor) -> None:
+    big = Image.new("RGB", (128, 64), "red")
+    rows = Dataset.from_dict({"image": [big, big.resize((64, 64))]}).cast_column("image", DatasetImage())
+    data = ClientSplit(rows, ["what color is it?"] * 2, [0, 0], tiny_processor.image_processor)
+    items = [data[0], data[1]]
+    assert items[0][0].shape != items[1][0].shape
+    batch = Collator(tiny_processor.tokenizer, 1, multi_answer=False)(items)
+    height = max(p.shape[1] for p, *_ in items)
+    width = max(p.shape[2] for p, *_ in items)
+    assert batch["pixel_values"].shape == (2, 3, height, width)
+    for k, (pixels, mask, _, _) in enumerate(items):
+        h, w = pixels.shape[1:]
+        assert torch.equal(batch["pixel_values"][k, :, :h, :w], pixels)
+        assert torch.equal(batch["pixel_mask"][k, :h, :w], mask)
+        padding = torch.ones(height, width, dtype=torch.bool)
+        padding[:h, :w] = False
+        assert not batch["pixel_mask"][k][padding].any() and not batch["pixel_values"][k][:, padding].any()
 
 
-def test_encode_split_errors(small: Dataset, tiny_processor) -> None:
+def test_the_image_transform_is_applied(small: Dataset, tiny_processor) -> None:
+    plain, collator = _split(small.select(range(3)), tiny_processor, ["no"])
+    mirrored, _ = _split(small.select(range(3)), tiny_processor, ["no"], transform=ImageOps.mirror)
+    a = next(iter(make_loader(plain, collator, 3, shuffle=False)))["pixel_values"]
+    b = next(iter(make_loader(mirrored, collator, 3, shuffle=False)))["pixel_values"]
+    assert torch.allclose(b, a.flip(-1))
+
+
+def test_loader_errors(small: Dataset, tiny_processor) -> None:
     tokenizer = copy.deepcopy(tiny_processor.tokenizer)
     tokenizer.model_max_length = int(1e30)
-    unset = SimpleNamespace(tokenizer=tokenizer, image_processor=tiny_processor.image_processor)
     with pytest.raises(ValueError, match="model_max_length"):
-        encode_split(small.select(range(2)), unset, ["no"])
+        Collator(tokenizer, 1, multi_answer=False)
     with pytest.raises(ValueError, match="empty"):
-        encode_split(small.select([]), tiny_processor, ["no"])
-    with pytest.raises(ValueError, match="duplicates"):
-        encode_split(small, tiny_processor, ["no", "no"])
+        ClientSplit(small.select([]), [], [], tiny_processor.image_processor)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        make_loader(_split(small, tiny_processor, ["no"])[0], None, 0, shuffle=False)
 
 
-def test_iterate_batches(small: Dataset, tiny_processor) -> None:
-    enc = encode_split(small, tiny_processor, label_space(small))
-    batches = list(iterate_batches(enc, 8, shuffle=True, generator=torch.Generator().manual_seed(0)))
-    assert [len(b["labels"]) for b in batches[:-1]] == [8] * (len(batches) - 1)
-    assert 0 < len(batches[-1]["labels"]) <= 8
-    first = batches[0]
-    assert set(first) == {"input_ids", "attention_mask", "token_type_ids",
-                          "pixel_values", "pixel_mask", "labels"}
-    assert first["pixel_values"].shape[1:] == (3, 64, 64) and first["input_ids"].shape[1] == 16
-    # Every example exactly once: match each batch row back to its (image, question, label).
-    seen = Counter()
-    for batch in batches:
-        for b in range(len(batch["labels"])):
-            img = row_of(enc.pixel_values, batch["pixel_values"][b])
-            seen[(img, row_of(enc.input_ids, batch["input_ids"][b]), int(batch["labels"][b]))] += 1
-    expected = Counter(zip(enc.image_index.tolist(), enc.question_index.tolist(), enc.labels.tolist()))
-    assert seen == expected
+def test_shuffled_batches_cover_every_example_once_in_a_seeded_order(small: Dataset, tiny_processor) -> None:
+    labels = sorted(set(small["answer"]))
+    data, collator = _split(small, tiny_processor, labels)
 
-    def order(seed: int) -> list[int]:
+    def order(seed: int, workers: int = 0) -> list[tuple]:
         gen = torch.Generator().manual_seed(seed)
-        return torch.cat([b["labels"] for b in iterate_batches(enc, 8, shuffle=True, generator=gen)]).tolist()
+        out = []
+        for batch in make_loader(data, collator, 8, shuffle=True, generator=gen, num_workers=workers):
+            out += list(zip(batch["input_ids"].tolist(), batch["targets"].tolist(),
+                            batch["pixel_values"].flatten(1).sum(1).round(decimals=3).tolist()))
+        return out
 
-    assert order(0) == order(0) != order(1)
-    in_order = torch.cat([b["labels"] for b in iterate_batches(enc, 7, shuffle=False)])
-    assert torch.equal(in_order, enc.labels)
+    first = order(0)
+    rows = next(iter(make_loader(data, collator, len(small), shuffle=False)))
+    expected = list(zip(rows["input_ids"].tolist(), rows["targets"].tolist(),
+                        rows["pixel_values"].flatten(1).sum(1).round(decimals=3).tolist()))
+    assert Counter(map(repr, first)) == Counter(map(repr, expected))
+    assert first == order(0) != order(1)
+    assert order(0, workers=2) == first  # worker processes decode the same batches

@@ -57,6 +57,9 @@ def test_dockerfile_runs_the_deploy_script_as_non_root(name):
     assert users and users[-1] not in ("root", "0")
     assert any(i == "HEALTHCHECK" for i, _ in instructions)
     assert ("COPY", "deploy/ deploy/") in instructions
+    # `pip install .` builds the wheel, which force-includes conf/ (pyproject.toml): it must be there.
+    install = next(k for k, (i, a) in enumerate(instructions) if i == "RUN" and "pip install --no-cache-dir ." in a)
+    assert ("COPY", "conf/ conf/") in instructions[:install]
     entrypoint = json.loads(next(a for i, a in instructions if i == "ENTRYPOINT"))
     assert entrypoint == [f"/app/deploy/start-{name}.sh"]
     script = ROOT / "deploy" / f"start-{name}.sh"

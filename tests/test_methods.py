@@ -45,10 +45,10 @@ def test_every_method_declares_a_consistent_role():
 def _dat_task_step(backbone, head, optimizer, batch, s):
     """A toy method: train `local` and `shared` on the task loss of the DAT configuration only."""
     backbone.set_configuration("dat", s.lam, trainable=("local",))
-    dat = mkd_loss(logits(backbone, head, backbone.embed(batch)), batch["labels"], None,
+    dat = mkd_loss(logits(backbone, head, backbone.embed(batch)), batch["targets"], None,
                    temperature=s.temperature, task_weight=1.0, kd_weight=0.0)
     backbone.set_configuration("shared", s.lam, trainable=("shared",))
-    shared = mkd_loss(logits(backbone, head, backbone.embed(batch)), batch["labels"], None,
+    shared = mkd_loss(logits(backbone, head, backbone.embed(batch)), batch["targets"], None,
                       temperature=s.temperature, task_weight=1.0, kd_weight=0.0)
     optimizer.zero_grad(set_to_none=True)
     (dat.total + shared.total).backward()

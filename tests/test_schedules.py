@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from feddat_flwr.client import DataSpec, load_client_data
-from feddat_flwr.data.encode import iterate_batches
+from feddat_flwr.data.client_data import DataSpec, load_client_data
+from feddat_flwr.data.loader import make_loader
 from feddat_flwr.model.backbone import load_backbone_for
 from feddat_flwr.model.head import new_head
 from feddat_flwr.training.loop import TrainSettings, make_optimizer
@@ -21,13 +21,13 @@ def setup(tiny_cfg):
     """Random non-zero adapters on the process-wide backbone, restored afterwards."""
     cfg = tiny_cfg()
     backbone = load_backbone_for(cfg)
-    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
+    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone.processor)
     saved = {a: backbone.adapter_state(a) for a in ADAPTERS}
     torch.manual_seed(3)
     for name in ADAPTERS:
         backbone.load_adapter(name, {k: torch.randn_like(v) * 0.05 for k, v in saved[name].items()})
     head = new_head(backbone.hidden_size, len(data.labels), seed=0)
-    batch = next(iterate_batches(data.train, 16, shuffle=False))
+    batch = next(iter(make_loader(data.train, data.collator, 16, shuffle=False)))
     yield cfg, backbone, head, batch
     for name, state in saved.items():
         backbone.load_adapter(name, state)
@@ -86,8 +86,8 @@ def test_fast_step_equals_its_definition(setup):
     z_s = head(backbone.encode(backbone.embed(batch)))
     backbone.set_configuration("dat", s.lam, trainable=("shared", "local"))
     z_d = head(backbone.encode(backbone.embed(batch)))
-    l_s = mkd_loss(z_s, batch["labels"], z_d.detach(), **_kd(s)).total
-    l_d = mkd_loss(z_d, batch["labels"], z_s.detach(), **_kd(s)).total
+    l_s = mkd_loss(z_s, batch["targets"], z_d.detach(), **_kd(s)).total
+    l_d = mkd_loss(z_d, batch["targets"], z_s.detach(), **_kd(s)).total
     g_s = torch.autograd.grad(l_s, shared + head_params, retain_graph=True)
     g_d = torch.autograd.grad(l_d, local + head_params)
     optimizer = torch.optim.AdamW(shared + local + head_params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
@@ -111,7 +111,7 @@ def test_reference_step_equals_its_definition(setup):
         z_d0 = head(backbone.encode(backbone.embed(batch)))
     backbone.set_configuration("shared", s.lam, trainable=("shared", "local"))
     z_s = head(backbone.encode(backbone.embed(batch)))
-    l_s = mkd_loss(z_s, batch["labels"], z_d0, **_kd(s)).total
+    l_s = mkd_loss(z_s, batch["targets"], z_d0, **_kd(s)).total
     g_s = torch.autograd.grad(l_s, shared + head_params)
     _set_grads(shared, g_s[: len(shared)])
     _set_grads(head_params, g_s[len(shared):])
@@ -119,7 +119,7 @@ def test_reference_step_equals_its_definition(setup):
     optimizer.zero_grad(set_to_none=True)
     backbone.set_configuration("dat", s.lam, trainable=("shared", "local"))
     z_d = head(backbone.encode(backbone.embed(batch)))
-    l_d = mkd_loss(z_d, batch["labels"], z_s.detach(), **_kd(s)).total
+    l_d = mkd_loss(z_d, batch["targets"], z_s.detach(), **_kd(s)).total
     g_d = torch.autograd.grad(l_d, local + head_params)
     _set_grads(local, g_d[: len(local)])
     _set_grads(head_params, g_d[len(local):])

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from feddat_flwr import client as client_mod
-from feddat_flwr.client import DataSpec, evaluate_client, load_client_data, train_client
+from feddat_flwr.client import evaluate_client, train_client
+from feddat_flwr.data.client_data import DataSpec, load_client_data
 from feddat_flwr.methods import METHODS
 from feddat_flwr.model.backbone import load_backbone_for
 from feddat_flwr.model.head import AnswerHead
@@ -22,7 +23,7 @@ def _distance(a, b):
 def setup(request, tiny_cfg):
     cfg = tiny_cfg({"feddat.schedule": request.param})
     backbone = load_backbone_for(cfg)
-    data = load_client_data(DataSpec.from_config(cfg, 0, 3), backbone)
+    data = load_client_data(DataSpec.from_config(cfg, 0, 3), backbone.processor)
     # A global adapter with non-zero B, as after a first aggregation.
     torch.manual_seed(1)
     global_adapter = {k: torch.randn_like(v) * 0.05 for k, v in backbone.adapter_state("shared").items()}
@@ -67,7 +68,7 @@ def test_training_is_deterministic_given_the_seed_and_differs_across_seeds(tiny_
     def run(seed):
         cfg = tiny_cfg({"seed": seed})
         backbone = load_backbone_for(cfg)
-        data = load_client_data(DataSpec.from_config(cfg, 0, 3), backbone)
+        data = load_client_data(DataSpec.from_config(cfg, 0, 3), backbone.processor)
         return train_client(backbone, data, None, backbone.initial_adapter(seed), cfg, lr=0.01, server_round=1)
 
     a, b, other = run(7), run(7), run(8)
@@ -97,7 +98,7 @@ def test_evaluation_reports_every_variant_and_changes_nothing(setup):
 def test_evaluation_scores_the_trained_model_above_chance(tiny_cfg):
     cfg = tiny_cfg({"data.max-train": 96, "data.max-test": 48, "train.local-epochs": 4})
     backbone = load_backbone_for(cfg)
-    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)  # shape questions
+    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone.processor)  # shape questions
     g = backbone.initial_adapter(cfg["seed"])
     _, _, state = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
     report = evaluate_client(backbone, data, state, g, cfg)
@@ -106,7 +107,7 @@ def test_evaluation_scores_the_trained_model_above_chance(tiny_cfg):
 
 def test_a_validation_fraction_replaces_the_test_split_with_held_out_training_rows(tiny_cfg):
     cfg = tiny_cfg({"data.validation-fraction": 0.25})
-    data = load_client_data(DataSpec.from_config(cfg, 0, 3), load_backbone_for(cfg))
+    data = load_client_data(DataSpec.from_config(cfg, 0, 3), load_backbone_for(cfg).processor)
     assert (len(data.train), len(data.test)) == (36, 12)  # 48 capped training rows
 
 
@@ -115,7 +116,7 @@ def test_methods_train_exactly_their_adapters(tiny_cfg, method):
     cfg = tiny_cfg({"method": method, "fedprox.mu": 0.1})
     spec = METHODS[method]
     backbone = load_backbone_for(cfg)
-    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
+    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone.processor)
     torch.manual_seed(2)
     g = {k: torch.randn_like(v) * 0.05 for k, v in backbone.adapter_state("shared").items()}
     shared, report, state = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
@@ -132,7 +133,7 @@ def test_methods_train_exactly_their_adapters(tiny_cfg, method):
 def test_a_method_that_communicates_nothing_starts_from_the_servers_initial_adapter(tiny_cfg):
     cfg = tiny_cfg({"method": "local-only", "seed": 5})
     backbone = load_backbone_for(cfg)
-    data = load_client_data(DataSpec.from_config(cfg, 0, 3), backbone)
+    data = load_client_data(DataSpec.from_config(cfg, 0, 3), backbone.processor)
     _, _, from_empty = train_client(backbone, data, None, {}, cfg, lr=0.01, server_round=1)
     _, _, from_initial = train_client(backbone, data, None, backbone.initial_adapter(5), cfg, lr=0.01,
                                       server_round=1)
@@ -144,7 +145,7 @@ def test_fedprox_term_pulls_towards_the_global_adapter(tiny_cfg):
     for mu in (0.0, 100.0):
         cfg = tiny_cfg({"method": "fedprox", "fedprox.mu": mu})
         backbone = load_backbone_for(cfg)
-        data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
+        data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone.processor)
         g = backbone.initial_adapter(cfg["seed"])
         shared, _, _ = train_client(backbone, data, None, g, cfg, lr=0.01, server_round=1)
         distances[mu] = _distance(shared, g)
@@ -154,11 +155,11 @@ def test_fedprox_term_pulls_towards_the_global_adapter(tiny_cfg):
 def test_task_views_give_clients_their_own_label_spaces(tiny_cfg):
     cfg = tiny_cfg({"preset": "task"})
     backbone = load_backbone_for(cfg)
-    labels = [load_client_data(DataSpec.from_config(cfg, i, 3), backbone).labels for i in range(3)]
+    labels = [load_client_data(DataSpec.from_config(cfg, i, 3), backbone.processor).labels for i in range(3)]
     assert labels[1] == ["no", "yes"]  # statement verification
     assert all(" " in label for label in labels[2])  # describe: "<colour> <shape>"
     assert len(labels[0]) > 2 and labels[0] != labels[2]
-    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone)
+    data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone.processor)
     _, report, state = train_client(backbone, data, None, backbone.initial_adapter(cfg["seed"]), cfg, lr=0.01,
                                     server_round=1)
     head = AnswerHead(backbone.hidden_size, len(data.labels))

@@ -32,25 +32,36 @@ _CLASS_COLUMN = {"dirichlet": "answer", "question-type": "question_type"}
 
 def client_split(train: Dataset, test: Dataset, *, partitioner: str, num_partitions: int,
                  partition_id: int, seed: int, dirichlet_alpha: float = 0.5,
-                 max_train: int = 0, max_test: int = 0) -> tuple[Dataset, Dataset]:
+                 max_train: int = 0, max_test: int = 0, partition_by: str | None = None) -> tuple[Dataset, Dataset]:
     """Return client ``partition_id``'s (train, test) splits, each optionally capped.
 
     A cap > 0 keeps a ``seed``-random subset of that many rows; 0 keeps everything.
+    ``partition_by`` replaces the class column of dirichlet (answer) or question-type (question_type).
     """
     _validate(partitioner, num_partitions, partition_id, dirichlet_alpha, max_train, max_test)
-    column = _CLASS_COLUMN.get(partitioner)
-    if column is not None:
+    column = partition_by or _CLASS_COLUMN.get(partitioner)
+    if partitioner in _CLASS_COLUMN:
         _check_same_classes(train, test, column, partitioner)
-    splits = []
-    for name, ds, cap in (("train", train, max_train), ("test", test, max_test)):
-        rule = _partitioner(ds, partitioner, num_partitions, seed, dirichlet_alpha)
-        part = rule.load_partition(partition_id)
-        if len(part) == 0:
-            raise ValueError(
-                f"Partition {partition_id} of {num_partitions} ({name} split, partitioner={partitioner!r}) "
-                "is empty; use a larger dirichlet_alpha or fewer partitions.")
-        splits.append(_cap(part, cap, seed))
-    return splits[0], splits[1]
+    return tuple(cap(partition(ds, partitioner=partitioner, num_partitions=num_partitions, partition_id=partition_id,
+                               seed=seed, dirichlet_alpha=dirichlet_alpha, partition_by=partition_by, split=name),
+                     limit, seed)
+                 for name, ds, limit in (("train", train, max_train), ("test", test, max_test)))
+
+
+def partition(ds: Dataset, *, partitioner: str, num_partitions: int, partition_id: int, seed: int,
+              dirichlet_alpha: float, partition_by: str | None = None, split: str = "dataset") -> Dataset:
+    """One partition of ``ds`` under the rule (see the module docstring); an empty one is an error."""
+    _validate(partitioner, num_partitions, partition_id, dirichlet_alpha, 0, 0)
+    column = partition_by or _CLASS_COLUMN.get(partitioner)
+    if column is not None and column not in ds.column_names:
+        raise ValueError(f"Partitioner {partitioner!r} partitions by column {column!r}, which the {split} split "
+                         f"lacks; its columns: {ds.column_names}.")
+    part = _partitioner(ds, partitioner, num_partitions, seed, dirichlet_alpha, column).load_partition(partition_id)
+    if len(part) == 0:
+        raise ValueError(
+            f"Partition {partition_id} of {num_partitions} ({split} split, partitioner={partitioner!r}) "
+            "is empty; use a larger dirichlet_alpha or fewer partitions.")
+    return part
 
 
 def _validate(partitioner: str, num_partitions: int, partition_id: int, alpha: float,
@@ -79,28 +90,29 @@ def _check_same_classes(train: Dataset, test: Dataset, column: str, partitioner:
 
 
 @functools.lru_cache(maxsize=16)
-def _partitioner(ds: Dataset, kind: str, num_partitions: int, seed: int, alpha: float) -> Partitioner:
+def _partitioner(ds: Dataset, kind: str, num_partitions: int, seed: int, alpha: float,
+                 column: str | None) -> Partitioner:
     """Partitioner over ``ds`` (cached per dataset object; partitions are computed once)."""
     part: Partitioner
     if kind == "iid":
         part = IidPartitioner(num_partitions=num_partitions)
         ds = ds.shuffle(seed=seed)
     elif kind == "dirichlet":
-        part = DirichletPartitioner(num_partitions=num_partitions, partition_by="answer", alpha=float(alpha),
+        part = DirichletPartitioner(num_partitions=num_partitions, partition_by=column, alpha=float(alpha),
                                     min_partition_size=0, self_balancing=False, seed=seed)
     else:
-        part = PathologicalPartitioner(num_partitions=num_partitions, partition_by="question_type",
+        part = PathologicalPartitioner(num_partitions=num_partitions, partition_by=column,
                                        num_classes_per_partition=1,
                                        class_assignment_mode="first-deterministic", seed=seed)
     part.dataset = ds
     return part
 
 
-def _cap(ds: Dataset, cap: int, seed: int) -> Dataset:
-    """Seeded random subset of ``cap`` rows (all rows if ``cap`` is 0 or too large)."""
-    if cap == 0 or cap >= len(ds):
+def cap(ds: Dataset, limit: int, seed: int) -> Dataset:
+    """Seeded random subset of ``limit`` rows (all rows if ``limit`` is 0 or too large)."""
+    if limit == 0 or limit >= len(ds):
         return ds
-    return ds.shuffle(seed=seed).select(range(cap))
+    return ds.shuffle(seed=seed).select(range(limit))
 
 
 def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import platform
 import random
+import time
 from logging import INFO
+from pathlib import Path
 
 import flwr
 import torch
@@ -13,6 +15,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from feddat_flwr.config import load_config, to_dict
+from feddat_flwr.data.vqa_format import check_partition_count
 from feddat_flwr.flower.prompt_grid import PromptGrid
 from feddat_flwr.flower.round_book import RoundBook
 from feddat_flwr.flower.strategy import FedDAT
@@ -22,8 +25,18 @@ from feddat_flwr.results import ADAPTER_DIR, RunRecorder, prepare_run_dir, save_
 from feddat_flwr.training.schedule import round_lr
 
 
+def _check_client_datasets(grid: Grid, data_path: str, wait: float = 60.0) -> None:
+    """With a run-config data.path (simulation), one client dataset per SuperNode, before training."""
+    deadline = time.monotonic() + wait
+    while not (nodes := list(grid.get_node_ids())) and time.monotonic() < deadline:
+        time.sleep(1)
+    check_partition_count(Path(data_path), len(nodes))
+
+
 def run_server(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
+    if cfg.data["path"]:
+        _check_client_datasets(grid, cfg.data["path"])
     random.seed(cfg["seed"])  # Flower samples clients with `random`
     run_dir = prepare_run_dir(cfg["output-dir"], context.run_id)
     log(INFO, "FedDAT run directory: %s", run_dir)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from feddat_flwr.methods import METHODS, get_method
+from feddat_flwr.methods import METHODS, PROPOSED, get_method
 from feddat_flwr.records import completed_results
 from feddat_flwr.results import atomic_write_bytes, pyplot
 from feddat_flwr.tools.cli import unwind_on_sigterm
@@ -113,7 +113,7 @@ def markdown(rows: list[dict], command: str) -> str:
 def verdict(averages: list[dict]) -> str:
     """FedDAT's average against the best baseline's: the difference, and whether it exceeds one
     std over seeds (mean_F - mean_B > max(std_F, std_B))."""
-    feddat = next((r for r in averages if r["method"] == "feddat"), None)
+    feddat = next((r for r in averages if r["method"] == PROPOSED), None)
     baselines = [r for r in averages if r["method"] in METHODS and METHODS[r["method"]].baseline]
     if feddat is None or not baselines:
         return "FedDAT vs baselines: not both in this table."

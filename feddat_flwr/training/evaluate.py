@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
-
 import torch
 
-from feddat_flwr.data.encode import EncodedSplit, iterate_batches
+from feddat_flwr.data.loader import ClientSplit, Collator, answer_scores, make_loader
 from feddat_flwr.model.backbone import AdaptedBackbone
 from feddat_flwr.model.head import AnswerHead
 from feddat_flwr.records import VARIANTS
 
 
 @torch.no_grad()
-def evaluate_variants(backbone: AdaptedBackbone, head: AnswerHead, data: EncodedSplit, *, lam: float,
-                      batch_size: int) -> dict[str, float]:
-    """Each variant's (model configuration's) share of examples whose argmax answer is right
-    (answers outside the head's labels count wrong): dat = local + teacher (the freshly aggregated
-    adapter), shared = the aggregated adapter alone, local = the client's adapter alone.
-    Every batch is embedded once and run through each configuration."""
+def evaluate_variants(backbone: AdaptedBackbone, head: AnswerHead, data: ClientSplit, collator: Collator, *,
+                      lam: float, batch_size: int, num_workers: int = 0) -> dict[str, float]:
+    """Each variant's (model configuration's) mean score of its argmax answer (accuracy; VQA
+    accuracy with several annotators; answers outside the head's labels score 0): dat = local +
+    teacher (the freshly aggregated adapter), shared = the aggregated adapter alone, local = the
+    client's adapter alone. Every batch is embedded once and run through each configuration."""
     backbone.model.eval()
     head.eval()
-    correct = dict.fromkeys(VARIANTS, 0)
-    for batch in iterate_batches(data, batch_size, shuffle=False):
+    score = dict.fromkeys(VARIANTS, 0.0)
+    for batch in make_loader(data, collator, batch_size, shuffle=False, num_workers=num_workers):
         batch = backbone.to_device(batch)
         x = backbone.embed(batch)
         for variant in VARIANTS:
             backbone.set_configuration(variant, lam)
-            pred = head(backbone.encode(x)).argmax(dim=-1)
-            correct[variant] += int((pred == batch["labels"]).sum())
-    return {variant: n / max(len(data), 1) for variant, n in correct.items()}
-
-
-def majority_accuracy(train_answers: Sequence[str], test_answers: Sequence[str]) -> float:
-    """Accuracy of always giving the most frequent training answer (ties: alphabetically first)."""
-    if not train_answers or not test_answers:
-        return 0.0
-    counts = Counter(train_answers)
-    top = max(sorted(counts), key=counts.__getitem__)
-    return sum(a == top for a in test_answers) / len(test_answers)
+            score[variant] += float(answer_scores(head(backbone.encode(x)), batch["targets"]).sum())
+    return {variant: total / max(len(data), 1) for variant, total in score.items()}

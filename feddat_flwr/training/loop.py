@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from feddat_flwr.data.encode import EncodedSplit, iterate_batches
+from feddat_flwr.data.loader import ClientSplit, Collator, make_loader
 from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import AdaptedBackbone
 from feddat_flwr.model.head import AnswerHead
@@ -31,6 +31,7 @@ class TrainSettings:
     task_weight: float
     kd_weight: float  # 0 for methods without the KD terms
     prox_mu: float  # 0 for methods without the proximal term
+    num_workers: int  # DataLoader worker processes decoding images (0: in the training process)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, lr: float) -> TrainSettings:
@@ -43,6 +44,7 @@ class TrainSettings:
             lam=feddat["lambda"], temperature=feddat["kd-temperature"], task_weight=feddat["task-weight"],
             kd_weight=feddat["kd-weight"] if method.kd else 0.0,
             prox_mu=cfg.fedprox["mu"] if method.proximal else 0.0,
+            num_workers=train["num-workers"],
         )
 
 
@@ -55,6 +57,7 @@ class TrainStats:
     num_examples: int
     steps: int
     seconds: float
+    data_wait_seconds: float  # of `seconds`, spent waiting for the next batch
 
 
 def make_optimizer(backbone: AdaptedBackbone, head: AnswerHead, s: TrainSettings) -> torch.optim.AdamW:
@@ -67,8 +70,8 @@ def make_optimizer(backbone: AdaptedBackbone, head: AnswerHead, s: TrainSettings
     return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
 
 
-def train_round(backbone: AdaptedBackbone, head: AnswerHead, data: EncodedSplit, s: TrainSettings, *,
-                generator: torch.Generator) -> TrainStats:
+def train_round(backbone: AdaptedBackbone, head: AnswerHead, data: ClientSplit, collator: Collator,
+                s: TrainSettings, *, generator: torch.Generator) -> TrainStats:
     """One round of local training (`local-epochs` passes over the client's data)."""
     step = get_method(s.method).step(s.schedule)
     optimizer = make_optimizer(backbone, head, s)
@@ -76,11 +79,19 @@ def train_round(backbone: AdaptedBackbone, head: AnswerHead, data: EncodedSplit,
     head.train()
     sums: defaultdict[str, float] = defaultdict(float)
     num_examples = steps = 0
+    waited = 0.0
     start = time.perf_counter()
     for _ in range(s.local_epochs):
-        for batch in iterate_batches(data, s.batch_size, shuffle=True, generator=generator):
+        batches = iter(make_loader(data, collator, s.batch_size, shuffle=True, generator=generator,
+                                   num_workers=s.num_workers))
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             batch = backbone.to_device(batch)
-            n = len(batch["labels"])
+            n = len(batch["targets"])
             for configuration, parts in step(backbone, head, optimizer, batch, s).items():
                 sums["loss"] += float(parts.total.detach()) * n
                 sums[f"{configuration}-task"] += float(parts.task) * n
@@ -90,4 +101,4 @@ def train_round(backbone: AdaptedBackbone, head: AnswerHead, data: EncodedSplit,
     optimizer.zero_grad(set_to_none=True)  # free gradient memory between rounds and clients
     seconds = time.perf_counter() - start
     backbone.set_configuration("dat", s.lam)  # leave nothing trainable
-    return TrainStats({k: v / max(num_examples, 1) for k, v in sums.items()}, num_examples, steps, seconds)
+    return TrainStats({k: v / max(num_examples, 1) for k, v in sums.items()}, num_examples, steps, seconds, waited)

@@ -53,7 +53,7 @@ def reference_step(backbone: AdaptedBackbone, head: AnswerHead, optimizer: torch
                    s: TrainSettings) -> dict[str, LossParts]:
     """The authors' order: teacher pass, student step, DAT step."""
     x = backbone.embed(batch)  # frozen: computed once for every configuration below
-    y = batch["labels"]
+    y = batch["targets"]
     with torch.no_grad():
         backbone.set_configuration("dat", s.lam)
         z_dat0 = logits(backbone, head, x)
@@ -71,7 +71,7 @@ def fast_step(backbone: AdaptedBackbone, head: AnswerHead, optimizer: torch.opti
               s: TrainSettings) -> dict[str, LossParts]:
     """Both configurations once with gradients, each the other's detached teacher; one step."""
     x = backbone.embed(batch)  # frozen: computed once for every configuration below
-    y = batch["labels"]
+    y = batch["targets"]
     backbone.set_configuration("shared", s.lam, trainable=("shared", "local"))
     z_s = logits(backbone, head, x)
     backbone.set_configuration("dat", s.lam, trainable=("shared", "local"))
@@ -90,7 +90,7 @@ def global_kd_step(backbone: AdaptedBackbone, head: AnswerHead, optimizer: torch
         backbone.set_configuration("teacher")
         z_global = logits(backbone, head, x)
     backbone.set_configuration("shared", s.lam, trainable=("shared",))
-    student = _mkd(logits(backbone, head, x), batch["labels"], z_global, s)
+    student = _mkd(logits(backbone, head, x), batch["targets"], z_global, s)
     _update(optimizer, student.total)
     return {"shared": student}
 
@@ -98,7 +98,7 @@ def global_kd_step(backbone: AdaptedBackbone, head: AnswerHead, optimizer: torch
 def _task_only(configuration: str, trainable: str, backbone: AdaptedBackbone, head: AnswerHead,
                batch: Batch, s: TrainSettings) -> LossParts:
     backbone.set_configuration(configuration, s.lam, trainable=(trainable,))
-    return mkd_loss(logits(backbone, head, backbone.embed(batch)), batch["labels"], None,
+    return mkd_loss(logits(backbone, head, backbone.embed(batch)), batch["targets"], None,
                     temperature=s.temperature, task_weight=1.0, kd_weight=0.0)
 
 
