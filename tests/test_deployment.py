@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from datasets import Dataset
+
+from feddat_flwr.data.cli import export_easyvqa
 from helpers.local_deployment import DEPLOY_DIR, LocalDeployment, stop_group
 from feddat_flwr.tools.superlink import free_port
 
@@ -28,8 +31,13 @@ NUM_NODES = 3
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory):
-    with LocalDeployment(tmp_path_factory.mktemp("deployment"), NUM_NODES) as dep:
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir):
+    """Each SuperNode trains on its own dataset directory (node-config data-path): easy-VQA
+    partitions exported in the client-dataset format."""
+    data = tmp_path_factory.mktemp("node-data")
+    paths = export_easyvqa({"model.name-or-path": tiny_model_dir, "data.max-train": 32, "data.max-test": 16},
+                           NUM_NODES, data)
+    with LocalDeployment(tmp_path_factory.mktemp("deployment"), NUM_NODES, data_paths=paths) as dep:
         yield dep
 
 
@@ -115,3 +123,28 @@ def test_restarted_supernode_resumes_its_local_state(deployment: LocalDeployment
     meta = json.loads((deployment.state_dir(0) / f"run-{run_id}" / "meta.json").read_text())
     assert meta["rounds-trained"] == 2
     assert set(rounds[2]["clients"]["0"]["eval"]) >= {"dat", "local"}
+
+
+def test_a_node_with_bad_data_fails_clearly_and_the_others_go_on(deployment: LocalDeployment, tiny_model_dir,
+                                                                   tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "images").mkdir(parents=True)
+    (broken / "images" / "x.png").write_bytes(b"not a png")
+    Dataset.from_dict({"image_path": ["images/x.png"] * 4, "question": ["what color?"] * 4,
+                       "answer": ["red"] * 4}).save_to_disk(str(broken))
+    deployment.stop_node(2)
+    deployment.start_node(2, data_path=broken)
+    try:
+        out = tmp_path / "run"
+        _, status = deployment.run(_run_config(tiny_model_dir, out, 1, **{"data.test-fraction": 0.5}), timeout=600)
+        assert status == "finished:completed"
+        (record,) = _rounds(out)
+        assert {pid for pid, c in record["clients"].items() if "train" in c} == {"0", "1"}
+        failures = record["failures"]
+        assert {f["stage"] for f in failures} == {"train", "evaluate"}
+        assert all("cannot decode the image" in f["reason"] and "x.png" in f["reason"] for f in failures)
+        assert len({f["node-id"] for f in failures}) == 1
+        assert failures[0]["node-id"] not in {c["node-id"] for c in record["clients"].values()}
+    finally:
+        deployment.stop_node(2)
+        deployment.start_node(2)

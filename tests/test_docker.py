@@ -111,7 +111,7 @@ def test_compose_mounts_certificates_read_only_and_volumes_per_node():
         assert (env["PARTITION_ID"], env["NUM_PARTITIONS"]) == (str(i), str(len(NODES)))
         m = mounts(node)
         assert {p for p in m if p.startswith("/certs/")} == {"/certs/ca.crt", f"/certs/supernode-{i}.key"}
-        for path in ("/state", "/cache"):  # a named volume of its own
+        for path in ("/state", "/cache", "/dataset"):  # a named volume of its own
             assert not m[path].startswith((".", "/")) and m[path] not in named
             named.add(m[path])
     assert named <= set(compose["volumes"])

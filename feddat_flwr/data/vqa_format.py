@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ def load_vqa(path: Path, *, test_fraction: float, seed: int, check_images: bool 
     path = Path(path)
     if not path.exists():
         raise DataError(f"Client dataset {str(path)!r} does not exist.")
+    _check_no_empty_split(path)
     try:
         loaded = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
@@ -111,6 +113,17 @@ def load_vqa(path: Path, *, test_fraction: float, seed: int, check_images: bool 
     if multi != ("answers" in test.column_names):
         raise DataError(f"{str(path)!r}: train and test must both have 'answer' or both 'answers'.")
     return VqaData(path, splits["train"], splits["test"], multi)
+
+
+def _check_no_empty_split(path: Path) -> None:
+    """A split saved with no rows has no data files, which `load_from_disk` cannot read back."""
+    index = path / "dataset_dict.json"
+    if not index.is_file():
+        return
+    for split in json.loads(index.read_text()).get("splits", []):
+        state = path / split / "state.json"
+        if state.is_file() and not json.loads(state.read_text()).get("_data_files"):
+            raise DataError(f"{str(path)!r}: the {split} split is empty.")
 
 
 def _check_columns(ds: Dataset, path: Path, split: str) -> None:
