@@ -76,8 +76,8 @@ def test_a_single_dataset_is_split_by_test_fraction_with_the_seed(tmp_path):
     b = load_vqa(path, test_fraction=0.25, seed=1)
     c = load_vqa(path, test_fraction=0.25, seed=2)
     assert (len(a.train), len(a.test)) == (15, 5)
-    assert a.test["id"] == b.test["id"] != c.test["id"]  # other columns are kept, and ignored
-    assert sorted(a.train["id"] + a.test["id"]) == list(range(20))
+    assert list(a.test["id"]) == list(b.test["id"]) != list(c.test["id"])  # other columns are kept, and ignored
+    assert sorted([*a.train["id"], *a.test["id"]]) == list(range(20))
     with pytest.raises(DataError, match="single Dataset of 20 rows: set data.test-fraction"):
         load_vqa(path, test_fraction=0.0, seed=1)
 
