@@ -16,9 +16,11 @@ def random_vilt_b32(out: Path, processor_from: str) -> str:
     return str(out)
 
 
-def report(text: str, out: Path | None) -> None:
-    """Print a benchmark's table and, if asked, write it (e.g. under docs/results/)."""
+def report(lines: list[str], out: Path | None) -> int:
+    """Print a benchmark's report and, if asked, write it (e.g. under docs/results/); exit status 0."""
+    text = "\n".join(lines) + "\n"
     print(text)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+    return 0

@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(up + down, incl. evaluation messages and record framing) vs backbone "
                   f"{results.info['backbone-bytes']:,} bytes "
                   f"({100 * statistics.fmean(per_client) / results.info['backbone-bytes']:.3f} %)."]
-    text = "\n".join(lines) + "\n"
-    report(text, args.out)
-    return 0
+    return report(lines, args.out)
 
 
 if __name__ == "__main__":

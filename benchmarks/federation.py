@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{' (incl. start-up)' if r == 1 else ''} |")
     lines += ["", f"Mean overhead, rounds >= 2: {100 * statistics.fmean(later):+.1f} % (target < 15 %). "
               f"Whole simulation incl. SuperLink/Ray start and model load: {total:.0f} s."]
-    text = "\n".join(lines) + "\n"
-    report(text, args.out)
-    return 0
+    return report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               f"median of {args.steps} steps, schedules taking turns)\n\nCommand: `python benchmarks/step.py "
               + " ".join(argv if argv is not None else sys.argv[1:]) + "`")
     text = table(rows, header)
-    report(text, args.out)
-    return 0
+    return report(text.splitlines(), args.out)
 
 
 if __name__ == "__main__":

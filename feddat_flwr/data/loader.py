@@ -4,12 +4,13 @@ Memory does not grow with the dataset: a `ClientSplit` keeps per-example metadat
 question, the target, where the image is: a path, or a row of a memory-mapped saved dataset);
 images are read, converted, transformed and processed when a batch asks for them, in the
 DataLoader's workers when `num_workers` > 0. Questions are tokenized per batch. Processed images
-are kept for reuse (across epochs and rounds) up to CACHE_BYTES per split: all of the small
-embedded images, a handful of real-size ones.
+are kept for reuse (across epochs, rounds and the clients a process serves) up to CACHE_BYTES per
+process: all of the small embedded images, a few dozen real-size ones.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +23,8 @@ ImageTransform = Callable[[Image.Image], Image.Image]
 Target = int | dict[int, float] | None  # see feddat_flwr.data.answers.Vocabulary.target
 # Tokenizers without a configured limit report a huge sentinel (int(1e30)) as model_max_length.
 _MAX_TEXT_LENGTH = 100_000
-CACHE_BYTES = 32 * 2**20  # processed images kept per split (see the module docstring)
+CACHE_BYTES = 256 * 2**20  # processed images kept per process (see the module docstring)
+_cached_bytes = 0  # held by every ClientSplit of this process together
 
 
 def open_image(rows: Dataset, i: int, root: Path | None) -> Image.Image:
@@ -44,6 +46,11 @@ def open_image(rows: Dataset, i: int, root: Path | None) -> Image.Image:
     return image.convert("RGB")
 
 
+def _release(held: list[int]) -> None:
+    global _cached_bytes
+    _cached_bytes -= held[0]
+
+
 class ClientSplit(torch.utils.data.Dataset):
     """Examples `rows[i]` with their questions and targets; item i is (pixel values, pixel mask,
     question, target), the image processed by `image_processor` after `transform`."""
@@ -59,10 +66,19 @@ class ClientSplit(torch.utils.data.Dataset):
         # The same image file (several questions about one image) is processed once.
         self._keys = rows["image_path"][:] if "image_path" in rows.column_names else range(len(rows))
         self._cache: dict = {}
-        self._cached_bytes = 0
+        self._held = [0]  # bytes this split holds of the process's budget, given back when it goes
+        weakref.finalize(self, _release, self._held)
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def _keep(self, key, pixels: torch.Tensor, mask: torch.Tensor) -> None:
+        global _cached_bytes
+        size = pixels.nbytes + mask.nbytes
+        if _cached_bytes + size <= CACHE_BYTES:
+            self._cache[key] = pixels, mask
+            _cached_bytes += size
+            self._held[0] += size
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str, Target]:
         key = self._keys[i]
@@ -74,10 +90,7 @@ class ClientSplit(torch.utils.data.Dataset):
                 image = self.transform(image)
             out = self.image_processor(image, return_tensors="pt")
             pixels, mask = out["pixel_values"][0], out["pixel_mask"][0].to(torch.uint8)
-            size = pixels.nbytes + mask.nbytes
-            if self._cached_bytes + size <= CACHE_BYTES:
-                self._cache[key] = pixels, mask
-                self._cached_bytes += size
+            self._keep(key, pixels, mask)
         return pixels, mask.long(), self.questions[i], self.targets[i]
 
 
