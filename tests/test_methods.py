@@ -20,6 +20,8 @@ CORE = ["feddat_flwr.client", "feddat_flwr.client_state", "feddat_flwr.config", 
         "feddat_flwr.records", "feddat_flwr.results", "feddat_flwr.training.loop", "feddat_flwr.training.steps",
         "feddat_flwr.training.evaluate", "feddat_flwr.training.schedule", "feddat_flwr.model.backbone",
         "feddat_flwr.model.default_model", "feddat_flwr.data.partition", "feddat_flwr.data.views",
+        "feddat_flwr.data.client_data", "feddat_flwr.data.vqa_format", "feddat_flwr.data.loader",
+        "feddat_flwr.data.answers", "feddat_flwr.data.cli",
         "feddat_flwr.tools.launch", "feddat_flwr.tools.compare", "feddat_flwr.tools.tune"]
 
 
