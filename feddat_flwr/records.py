@@ -39,6 +39,15 @@ _EVAL = "eval-"
 Metrics = Mapping[str, float | int]
 
 
+def _reply_keys(partition_id: int, num_examples: int) -> dict[str, float | int]:
+    """The keys every client reply carries (FedAvg weights by one of them)."""
+    return {PARTITION_ID: partition_id, NUM_EXAMPLES: num_examples, UNIT_WEIGHT: 1.0}
+
+# Fields of a client's `train` record that are not losses.
+TRAIN_TELEMETRY = ("seconds", "steps", "samples-per-s", "data-wait-seconds", "dropped-examples", "peak-rss-mb",
+                   "peak-cuda-mb")
+
+
 @dataclass
 class TrainReport:
     """What a client reports after training: sizes, losses per configuration trained
@@ -65,18 +74,16 @@ class TrainReport:
         return out
 
     def to_metrics(self) -> dict[str, float | int]:
-        return {PARTITION_ID: self.partition_id, NUM_EXAMPLES: self.num_examples, UNIT_WEIGHT: 1.0,
+        return {**_reply_keys(self.partition_id, self.num_examples),
                 **{_TRAIN + k: float(v) for k, v in self.record().items()}}
 
     @classmethod
     def from_metrics(cls, metrics: Metrics) -> TrainReport:
         train = {k.removeprefix(_TRAIN): float(v) for k, v in metrics.items() if k.startswith(_TRAIN)}
-        telemetry = ("seconds", "steps", "samples-per-s", "data-wait-seconds", "dropped-examples", "peak-rss-mb",
-                     "peak-cuda-mb")
         return cls(
             partition_id=int(metrics[PARTITION_ID]),
             num_examples=int(metrics[NUM_EXAMPLES]),
-            losses={k: v for k, v in train.items() if k not in telemetry},
+            losses={k: v for k, v in train.items() if k not in TRAIN_TELEMETRY},
             seconds=train["seconds"],
             steps=int(train["steps"]),
             peak_rss_mb=train["peak-rss-mb"],
@@ -99,7 +106,7 @@ class EvalReport:
         return {**{v: self.accuracy[v] for v in ACCURACIES}, NUM_EXAMPLES: self.num_examples}
 
     def to_metrics(self) -> dict[str, float | int]:
-        return {PARTITION_ID: self.partition_id, NUM_EXAMPLES: self.num_examples, UNIT_WEIGHT: 1.0,
+        return {**_reply_keys(self.partition_id, self.num_examples),
                 **{_EVAL + v: float(self.accuracy[v]) for v in ACCURACIES}}
 
     @classmethod

@@ -124,19 +124,16 @@ def split_dataset(source: Path, out: Path, *, partitioner: str, num_partitions: 
     Multi-answer rows are partitioned by their most frequent answer (`answer`, added for this)."""
     loaded = load_from_disk(str(source))
     splits = dict(loaded) if isinstance(loaded, DatasetDict) else {"": loaded}
-
-    def with_answer(ds: Dataset) -> Dataset:
-        if "answer" in ds.column_names or "answers" not in ds.column_names:
-            return ds
-        top = [max(sorted(set(a)), key=a.count) for a in ds["answers"]]
-        return ds.add_column("answer", top)
-
+    multi = "answers" in next(iter(splits.values())).column_names
+    if multi:  # the partitioners need one class per row
+        splits = {name: ds.add_column("answer", [max(sorted(set(a)), key=a.count) for a in ds["answers"]])
+                  for name, ds in splits.items()}
     paths = []
     for i in range(num_partitions):
-        parts = {name: partition(with_answer(ds), partitioner=partitioner, num_partitions=num_partitions,
-                                 partition_id=i, seed=seed, dirichlet_alpha=alpha, partition_by=by, split=name or "dataset")
+        parts = {name: partition(ds, partitioner=partitioner, num_partitions=num_partitions, partition_id=i,
+                                 seed=seed, dirichlet_alpha=alpha, partition_by=by, split=name or "dataset")
                  for name, ds in splits.items()}
-        if "answers" in next(iter(splits.values())).column_names:
+        if multi:
             parts = {k: v.remove_columns("answer") for k, v in parts.items()}
         path = Path(out) / f"{PARTITION_PREFIX}{i}"
         _save(DatasetDict(parts) if "" not in parts else parts[""], path)

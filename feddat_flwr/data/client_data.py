@@ -24,7 +24,7 @@ from feddat_flwr.data.loader import ClientSplit, Collator, ImageTransform
 from feddat_flwr.data.partition import cap, client_split, hold_out
 from feddat_flwr.data.tasks import make_task_split
 from feddat_flwr.data.views import client_view
-from feddat_flwr.data.vqa_format import DataError, check_partition_count, load_vqa, partition_dirs, read_split
+from feddat_flwr.data.vqa_format import DataError, check_partition_count, load_vqa, read_split
 
 DATA_PATH_KEY = "data-path"  # node-config key: this SuperNode's own dataset directory
 
@@ -57,8 +57,7 @@ class DataSpec:
                 raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions}) "
                                  f"(num-partitions {num_partitions}).")
             if d["path"]:
-                check_partition_count(Path(d["path"]), num_partitions)
-                data_path = str(partition_dirs(Path(d["path"]))[partition_id])
+                data_path = str(check_partition_count(Path(d["path"]), num_partitions)[partition_id])
         return cls(str(data_path), partition_id, num_partitions, cfg["seed"], d["partitioner"], d["client-views"],
                    d["dirichlet-alpha"], d["max-train"], d["max-test"], d["validation-fraction"],
                    d["test-fraction"], d["max-answers"])

@@ -67,15 +67,18 @@ def partition_dirs(root: Path) -> list[Path]:
     return [found[i] for i in sorted(found)]
 
 
-def check_partition_count(root: Path, num_clients: int) -> None:
-    found = len(partition_dirs(root))
+def check_partition_count(root: Path, num_clients: int) -> list[Path]:
+    """The client dataset directories under `root`; an error unless there is one per SuperNode."""
+    dirs = partition_dirs(root)
+    found = len(dirs)
     if found != num_clients:
         raise DataError(f"data.path {str(root)!r} holds {found} client datasets ({PARTITION_PREFIX}0.."
                         f"{PARTITION_PREFIX}{found - 1}) but the federation has {num_clients} SuperNodes; "
                         "they must be equal.")
+    return dirs
 
 
-def load_vqa(path: Path, *, test_fraction: float, seed: int, check_images: bool = True) -> VqaData:
+def load_vqa(path: Path, *, test_fraction: float, seed: int) -> VqaData:
     """Read and check one client dataset (see the module docstring); every problem is an error
     naming the path, the split, the column or the row, and what is allowed."""
     path = Path(path)
@@ -107,8 +110,7 @@ def load_vqa(path: Path, *, test_fraction: float, seed: int, check_images: bool 
             raise DataError(f"{str(path)!r}: the {name} split is empty.")
         read_split(ds, path, name)  # every row's question and answers
         splits[name] = ds
-        if check_images:
-            _check_images(ds, path, name)
+        _check_images(ds, path, name)
     multi = "answers" in train.column_names
     if multi != ("answers" in test.column_names):
         raise DataError(f"{str(path)!r}: train and test must both have 'answer' or both 'answers'.")
