@@ -2,7 +2,8 @@
 
 The frozen backbone and the client's encoded data are cached per process; the client's private
 state (local adapter, head) lives in `context.state` (mirrored to the node-config `state-dir`
-when given) and never goes into a reply.
+when given) and never goes into a reply. The mods (feddat_flwr/flower/mods.py) clip the reply's
+update under privacy.mode and, for robustness evaluation only, make attack.partitions hostile.
 """
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -10,9 +11,10 @@ from flwr.clientapp import ClientApp
 
 from feddat_flwr.client import client_for, evaluate_client, train_client
 from feddat_flwr.config import load_config
+from feddat_flwr.flower.mods import attack_mod, privacy_mod
 from feddat_flwr.flower.state import mirror_dir, persist_state, restore_state
 
-app = ClientApp()
+app = ClientApp(mods=[attack_mod, privacy_mod])  # a hostile client (attack_mod, outermost) skips clipping
 
 
 def _global_adapter(msg: Message) -> dict:

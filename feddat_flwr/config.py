@@ -16,11 +16,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from feddat_flwr.attacks import ATTACKS, attacked_partitions
 from feddat_flwr.data.partition import PARTITIONERS
 from feddat_flwr.data.views import VIEWS
-from feddat_flwr.methods import METHODS, schedules
+from feddat_flwr.methods import METHODS, get_method, schedules
 from feddat_flwr.model.backbone import DEVICES
+from feddat_flwr.privacy import PRIVACY_MODES, privacy_conflicts
 from feddat_flwr.records import WEIGHT_KEYS
+from feddat_flwr.robustness import AGGREGATIONS
 from feddat_flwr.training.schedule import LR_SCHEDULES
 
 # conf/ sits at the repository root (and so in the Flower app bundle) and is shipped inside the
@@ -65,6 +68,22 @@ def absolute_or_empty(value: Any) -> str | None:
     return None if not value or Path(value).is_absolute() else f"must be an absolute path, got {value!r}"
 
 
+def probability(value: Any) -> str | None:
+    return None if 0 < value < 1 else f"must be in (0, 1), got {value!r}"
+
+
+def below_half(value: Any) -> str | None:
+    return None if 0 <= value < 0.5 else f"must be in [0, 0.5), got {value!r}"
+
+
+def partition_ids(value: Any) -> str | None:
+    try:
+        attacked_partitions(value)
+    except ValueError as exc:
+        return str(exc).removeprefix("'attack.partitions' ")
+    return None
+
+
 # The one validation rule of each key that has one (the type rule, "same type as in
 # conf/base.yaml", applies to every key). Choice lists come from the registries that own them.
 RULES: dict[str, Rule] = {
@@ -106,7 +125,28 @@ RULES: dict[str, Rule] = {
     "strategy.min-train-clients": positive,
     "strategy.min-available-clients": positive,
     "strategy.eval-every": positive,
+    "strategy.aggregation": one_of(lambda: AGGREGATIONS),
+    "strategy.trim-fraction": below_half,
+    "strategy.krum-malicious": non_negative,
+    "strategy.max-update-norm": non_negative,
+    "strategy.min-valid-replies": positive,
+    "privacy.mode": one_of(lambda: PRIVACY_MODES),
+    "privacy.noise-multiplier": non_negative,
+    "privacy.clipping-norm": positive,
+    "privacy.target-delta": probability,
+    "privacy.target-epsilon": non_negative,
+    "privacy.target-clipped-quantile": unit_interval,
+    "privacy.clip-norm-lr": positive,
+    "privacy.clipped-count-stddev": non_negative,
+    "attack.kind": one_of(lambda: ATTACKS),
+    "attack.partitions": partition_ids,
+    "attack.scale": positive,
 }
+
+
+def cross_key_problems(flat: Mapping[str, Any]) -> list[str]:
+    """Combinations of values that are not allowed together (each key's own rule passed)."""
+    return privacy_conflicts(flat, get_method(flat["method"]).communicates)
 
 
 class ConfigError(ValueError):
@@ -162,6 +202,9 @@ def _validate(flat: dict[str, Any]) -> None:
         problem = rule(flat[key])
         if problem is not None:
             raise ConfigError(f"'{key}' {problem}.")
+    problems = cross_key_problems(flat)
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
 
 
 def load_config(run_config: Mapping[str, Any] | None = None) -> DictConfig:

@@ -45,7 +45,9 @@ def _reply_keys(partition_id: int, num_examples: int) -> dict[str, float | int]:
 
 # Fields of a client's `train` record that are not losses.
 TRAIN_TELEMETRY = ("seconds", "steps", "samples-per-s", "data-wait-seconds", "dropped-examples", "peak-rss-mb",
-                   "peak-cuda-mb")
+                   "peak-cuda-mb", "clipped")
+# Set on a train reply by the client's privacy mod (feddat_flwr.flower.mods): 1 if the update was clipped.
+CLIPPED_METRIC = _TRAIN + "clipped"
 
 
 @dataclass
@@ -62,6 +64,7 @@ class TrainReport:
     data_wait_seconds: float = 0.0  # of `seconds`, waiting for the next batch
     dropped_examples: int = 0  # training examples none of whose answers is in the vocabulary
     peak_cuda_mb: float | None = None
+    clipped: int | None = None  # under privacy: 1 if the client clipped its update this round
 
     def record(self) -> dict[str, float]:
         """The `train` field of the client's round record."""
@@ -69,8 +72,9 @@ class TrainReport:
                "samples-per-s": self.num_examples / self.seconds if self.seconds else 0.0,
                "data-wait-seconds": self.data_wait_seconds, "dropped-examples": self.dropped_examples,
                "peak-rss-mb": self.peak_rss_mb}
-        if self.peak_cuda_mb is not None:
-            out["peak-cuda-mb"] = self.peak_cuda_mb
+        for key, value in (("peak-cuda-mb", self.peak_cuda_mb), ("clipped", self.clipped)):
+            if value is not None:
+                out[key] = value
         return out
 
     def to_metrics(self) -> dict[str, float | int]:
@@ -90,6 +94,7 @@ class TrainReport:
             data_wait_seconds=train.get("data-wait-seconds", 0.0),
             dropped_examples=int(train.get("dropped-examples", 0)),
             peak_cuda_mb=train.get("peak-cuda-mb"),
+            clipped=int(train["clipped"]) if "clipped" in train else None,
         )
 
 
@@ -138,23 +143,52 @@ class Failure:
 
 @dataclass
 class ClientRecord:
-    """One client's part of a round: its node, training size, `train` and `eval` fields."""
+    """One client's part of a round: its node, training size, `train` and `eval` fields, and the
+    L2 norm of its shared-adapter update as the server received it (`update-norm`)."""
 
     node_id: int
     num_examples: int | None = None
     train: dict[str, float] | None = None
     eval: dict[str, float] | None = None
+    update_norm: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"node-id": self.node_id}
-        for key, value in ((NUM_EXAMPLES, self.num_examples), ("train", self.train), ("eval", self.eval)):
+        for key, value in ((NUM_EXAMPLES, self.num_examples), ("train", self.train), ("eval", self.eval),
+                           ("update-norm", self.update_norm)):
             if value is not None:
                 out[key] = value
         return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ClientRecord:
-        return cls(int(d["node-id"]), d.get(NUM_EXAMPLES), d.get("train"), d.get("eval"))
+        return cls(int(d["node-id"]), d.get(NUM_EXAMPLES), d.get("train"), d.get("eval"), d.get("update-norm"))
+
+
+@dataclass
+class PrivacyRecord:
+    """A round's privacy account (any privacy.mode but none): the epsilon spent by all releases so
+    far at `delta` (Flower's RDP accountant), how many aggregates were released, the noise
+    multiplier, the clipping norm this round's updates were clipped to and the share of the
+    round's clients whose update was clipped."""
+
+    mode: str
+    epsilon: float
+    delta: float
+    releases: int
+    noise_multiplier: float
+    clipping_norm: float
+    clipped_share: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "epsilon": self.epsilon, "delta": self.delta, "releases": self.releases,
+                "noise-multiplier": self.noise_multiplier, "clipping-norm": self.clipping_norm,
+                "clipped-share": self.clipped_share}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PrivacyRecord:
+        return cls(d["mode"], float(d["epsilon"]), float(d["delta"]), int(d["releases"]),
+                   float(d["noise-multiplier"]), float(d["clipping-norm"]), d.get("clipped-share"))
 
 
 @dataclass
@@ -170,6 +204,7 @@ class RoundRecord:
     eval: dict[str, dict[str, float]] | None = None
     seconds: float = 0.0
     straggler_seconds: float = 0.0
+    privacy: PrivacyRecord | None = None
 
     def client(self, partition_id: int, node_id: int) -> ClientRecord:
         return self.clients.setdefault(str(partition_id), ClientRecord(node_id))
@@ -184,6 +219,11 @@ class RoundRecord:
         self.straggler_seconds = (max(train_seconds) - statistics.median(train_seconds)
                                   if train_seconds else 0.0)
 
+    def clipped_share(self) -> float | None:
+        """The share of the clients that trained whose update was clipped (None: none reported)."""
+        bits = [c.train["clipped"] for c in self.clients.values() if c.train is not None and "clipped" in c.train]
+        return sum(bits) / len(bits) if bits else None
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "round": self.round, "lr": self.lr,
@@ -193,6 +233,8 @@ class RoundRecord:
         }
         if self.eval is not None:
             out["eval"] = self.eval
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.to_json()
         out["seconds"] = self.seconds
         out["straggler-seconds"] = self.straggler_seconds
         return out
@@ -206,6 +248,7 @@ class RoundRecord:
             failures=[Failure.from_json(f) for f in d.get("failures", [])],
             eval=d.get("eval"), seconds=float(d["seconds"]),
             straggler_seconds=float(d.get("straggler-seconds", 0.0)),
+            privacy=PrivacyRecord.from_json(d["privacy"]) if d.get("privacy") else None,
         )
 
     def headline(self, num_rounds: int) -> str:
@@ -216,6 +259,8 @@ class RoundRecord:
         losses = [c.train["loss"] for c in self.clients.values() if c.train is not None]
         if losses:
             parts.append(f"loss {statistics.fmean(losses):.3f}")
+        if self.privacy is not None:
+            parts.append(f"epsilon {self.privacy.epsilon:.3g} (delta {self.privacy.delta:g})")
         parts.append(f"{self.seconds:.1f} s")
         parts.append(f"{(self.bytes_up + self.bytes_down) / 1e6:.2f} MB")
         if self.failures:
@@ -225,12 +270,14 @@ class RoundRecord:
 
 @dataclass
 class Results:
-    """results.json: the resolved `config`, run `info`, the `rounds` and the `final` evaluation."""
+    """results.json: the resolved `config`, run `info`, the `rounds`, the `final` evaluation and,
+    for a run that ended before its last round, why (`stopped`)."""
 
     config: dict[str, Any]
     info: dict[str, Any]
     rounds: list[RoundRecord] = field(default_factory=list)
     final: dict[str, dict[str, float]] | None = None
+    stopped: str | None = None
 
     def add_round(self, record: RoundRecord) -> None:
         self.rounds.append(record)
@@ -244,7 +291,7 @@ class Results:
 
     def to_json(self) -> dict[str, Any]:
         return {"config": self.config, "info": self.info, "rounds": [r.to_json() for r in self.rounds],
-                "final": self.final}
+                "final": self.final, "stopped": self.stopped}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
@@ -252,7 +299,7 @@ class Results:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Results:
         return cls(d["config"], d.get("info", {}), [RoundRecord.from_json(r) for r in d["rounds"]],
-                   d.get("final"))
+                   d.get("final"), d.get("stopped"))
 
     @classmethod
     def load(cls, run_dir: Path) -> Results | None:

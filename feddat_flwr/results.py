@@ -115,5 +115,12 @@ class RunRecorder:
         self.write()
         plot_accuracy(self.results.rounds, self.run_dir / "accuracy.png")
 
+    def stop(self, reason: str, unfinished: RoundRecord | None = None) -> None:
+        """The run ends early: why, and the record of the round it stopped in, if any."""
+        if unfinished is not None:
+            self.results.rounds.append(unfinished)
+        self.results.stopped = reason
+        self.write()
+
     def write(self) -> None:
         atomic_write_bytes(self.run_dir / RESULTS_FILE, self.results.dumps().encode())

@@ -31,7 +31,7 @@ def _fake_run(out, preset, method, seed, accs, rounds=2, run_dir=None):
     run_dir = run_dir or cell_dir(out, preset, method, seed)
     run_dir.mkdir(parents=True)
     recorder = RunRecorder(run_dir, {"num-rounds": rounds, "method": method}, {})
-    strategy = FedDAT(book=RoundBook(()), num_rounds=rounds, lr_for_round=lambda r: 0.01, weighting="uniform",
+    strategy = FedDAT(book=RoundBook((), max_update_ratio=100.0, min_valid_replies=1), num_rounds=rounds, lr_for_round=lambda r: 0.01, weighting="uniform",
                       eval_every=1, fraction_train=1.0, min_train_nodes=1, min_available_nodes=1,
                       on_round_end=recorder.add_round)
     for r in range(1, rounds + 1):

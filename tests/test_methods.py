@@ -84,7 +84,7 @@ def test_a_registered_method_runs_a_round_through_the_client_app_and_the_strateg
     context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 3},
                       state=RecordDict(), run_config=run_config)
     initial = load_backbone_for(cfg).initial_adapter(cfg["seed"])
-    strategy = FedDAT(book=RoundBook(initial), num_rounds=1, lr_for_round=lambda r: 0.01, weighting="num-examples",
+    strategy = FedDAT(book=RoundBook(initial, max_update_ratio=100.0, min_valid_replies=1), num_rounds=1, lr_for_round=lambda r: 0.01, weighting="num-examples",
                       eval_every=1, fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
     train = list(strategy.configure_train(1, ArrayRecord(initial), ConfigRecord(), OneNodeGrid()))
     strategy.book.sent(train)

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 def _strategy(weighting, keys=KEYS, **kw):
     defaults = dict(num_rounds=2, lr_for_round=lambda r: 0.1 / r, weighting=weighting, eval_every=1,
                     fraction_train=1.0, min_train_nodes=2, min_available_nodes=2)
-    return FedDAT(book=RoundBook(keys), **{**defaults, **kw})
+    book = RoundBook(keys, max_update_ratio=100.0, min_valid_replies=1)
+    return FedDAT(book=book, **{**defaults, **kw})
 
 
 def _train_reply(node_id, pid, value, num_examples, arrays=None):

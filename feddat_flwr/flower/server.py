@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import random
 import time
-from logging import INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import flwr
@@ -13,30 +13,37 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from feddat_flwr.config import load_config, to_dict
 from feddat_flwr.data.vqa_format import check_partition_count
 from feddat_flwr.flower.prompt_grid import PromptGrid
-from feddat_flwr.flower.round_book import RoundBook
-from feddat_flwr.flower.strategy import FedDAT
+from feddat_flwr.flower.privacy import with_privacy
+from feddat_flwr.flower.round_book import RoundBook, TooFewValidReplies
+from feddat_flwr.flower.strategy import strategy_for
 from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import load_backbone_for
 from feddat_flwr.results import ADAPTER_DIR, RunRecorder, prepare_run_dir, save_adapter
 from feddat_flwr.training.schedule import round_lr
 
 
-def _check_client_datasets(grid: Grid, data_path: str, wait: float = 60.0) -> None:
-    """With a run-config data.path (simulation), one client dataset per SuperNode, before training."""
+def _wait_for_nodes(grid: Grid, at_least: int, wait: float = 60.0) -> list[int]:
+    """The connected nodes once there are `at_least` (or when `wait` seconds have passed)."""
     deadline = time.monotonic() + wait
-    while not (nodes := list(grid.get_node_ids())) and time.monotonic() < deadline:
+    while len(nodes := list(grid.get_node_ids())) < at_least and time.monotonic() < deadline:
         time.sleep(1)
-    check_partition_count(Path(data_path), len(nodes))
+    return nodes
+
+
+def _sample_size(strategy_cfg, num_nodes: int) -> int:
+    """How many clients FedAvg's `configure_train` samples from `num_nodes` (as Flower computes it)."""
+    return max(int(num_nodes * strategy_cfg["fraction-train"]), strategy_cfg["min-train-clients"])
 
 
 def run_server(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
-    if cfg.data["path"]:
-        _check_client_datasets(grid, cfg.data["path"])
+    if cfg.data["path"]:  # simulation: one client dataset per SuperNode, checked before training
+        check_partition_count(Path(cfg.data["path"]), len(_wait_for_nodes(grid, 1)))
     random.seed(cfg["seed"])  # Flower samples clients with `random`
     run_dir = prepare_run_dir(cfg["output-dir"], context.run_id)
     log(INFO, "FedDAT run directory: %s", run_dir)
@@ -54,9 +61,11 @@ def run_server(grid: Grid, context: Context) -> None:
         "python": platform.python_version(),
     }
     recorder = RunRecorder(run_dir, to_dict(cfg), info)
-    book = RoundBook(initial.keys())
+    book = RoundBook(initial.keys(), max_update_ratio=cfg.strategy["max-update-norm"],
+                     min_valid_replies=cfg.strategy["min-valid-replies"])
     num_rounds = cfg["num-rounds"]
-    strategy = FedDAT(
+    strategy = strategy_for(
+        cfg.strategy,
         book=book,
         num_rounds=num_rounds,
         lr_for_round=lambda r: round_lr(cfg, r),
@@ -67,14 +76,29 @@ def run_server(grid: Grid, context: Context) -> None:
         min_available_nodes=cfg.strategy["min-available-clients"],
         on_round_end=recorder.add_round,
     )
-    result = strategy.start(
-        grid=PromptGrid(grid, book=book),  # replies collected within ~50 ms, not Flower's 3-s polls
-        initial_arrays=ArrayRecord(initial),
-        num_rounds=num_rounds,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-    )
+    runner = strategy
+    if cfg.privacy["mode"] != "none":
+        # Flower's DP wrappers calibrate the noise to a fixed number of clients per round.
+        population = len(_wait_for_nodes(grid, cfg.strategy["min-available-clients"]))
+        runner = with_privacy(strategy, cfg.privacy, _sample_size(cfg.strategy, population), population)
+    try:
+        result = runner.start(
+            grid=PromptGrid(grid, book=book),  # replies collected within ~50 ms, not Flower's 3-s polls
+            initial_arrays=ArrayRecord(initial),
+            num_rounds=num_rounds,
+            train_config=ConfigRecord(),
+            evaluate_config=ConfigRecord(),
+        )
+        final = result.arrays
+    except PrivacyBudgetExhausted as exc:  # a clean stop: keep the last released adapter
+        recorder.stop(f"privacy budget: {exc}")
+        log(WARNING, "Stopped before round %s: %s", len(strategy.history) + 1, exc)
+        final = strategy.latest_arrays
+    except TooFewValidReplies as exc:
+        recorder.stop(str(exc), book.close())
+        log(ERROR, "Run stopped: %s", exc)
+        raise
     if method.communicates:
-        save_adapter(run_dir / ADAPTER_DIR, result.arrays.to_torch_state_dict(),
+        save_adapter(run_dir / ADAPTER_DIR, final.to_torch_state_dict(),
                      backbone.lora.peft_config(backbone.name_or_path))
     log(INFO, "%s finished: results in %s", cfg["method"], run_dir)

@@ -1,7 +1,8 @@
 """The server strategy: FedAvg over the shared adapter only, with a round book and eval-every.
 
 Only the `shared` adapter travels: the server sends it (fp32) and aggregates it with FedAvg's own
-`aggregate_train` (unmodified, as Flower's DP wrappers require). Replies are checked and recorded
+`aggregate_train` (unmodified, as Flower's DP wrappers require), or, with `strategy.aggregation`,
+with Flower's FedMedian, FedTrimmedAvg or Krum (`strategy_for`). Replies are checked and recorded
 on their way in by the round's `RoundBook` (see round_book.py), which the Grid shows them to.
 """
 
@@ -14,10 +15,14 @@ from logging import INFO
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from feddat_flwr.flower.round_book import RoundBook
-from feddat_flwr.records import VARIANTS, WEIGHT_KEYS, EvalReport, RoundRecord, TrainReport
+from feddat_flwr.records import VARIANTS, WEIGHT_KEYS, EvalReport, PrivacyRecord, RoundRecord, TrainReport
+
+# A round's privacy account, given the clipping norm of the round and its record (see privacy.py).
+PrivacyAccount = Callable[[float, RoundRecord], PrivacyRecord]
 
 
 def mean_train_loss(contents: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -48,6 +53,7 @@ class FedDAT(FedAvg):
         min_train_nodes: int,
         min_available_nodes: int,
         on_round_end: Callable[[RoundRecord], None] | None = None,
+        **aggregation_options,
     ):
         if weighting not in WEIGHT_KEYS:
             raise ValueError(f"Unknown weighting {weighting!r}; allowed: {', '.join(WEIGHT_KEYS)}.")
@@ -60,6 +66,7 @@ class FedDAT(FedAvg):
             weighted_by_key=WEIGHT_KEYS[weighting],
             train_metrics_aggr_fn=mean_train_loss,
             evaluate_metrics_aggr_fn=mean_accuracy,
+            **aggregation_options,
         )
         self.book = book
         self.num_rounds = num_rounds
@@ -67,6 +74,9 @@ class FedDAT(FedAvg):
         self.eval_every = eval_every
         self.on_round_end = on_round_end
         self.history: list[RoundRecord] = []
+        self.privacy_account: PrivacyAccount | None = None  # set when a DP wrapper drives this strategy
+        self.latest_arrays: ArrayRecord | None = None  # the global adapter of the round in progress
+        self._clipping_norm = 0.0
 
     def is_eval_round(self, server_round: int) -> bool:
         return server_round % self.eval_every == 0 or server_round == self.num_rounds
@@ -75,6 +85,8 @@ class FedDAT(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         lr = self.lr_for_round(server_round)
         self.book.begin(server_round, lr)
+        self.latest_arrays = arrays
+        self._clipping_norm = float(config.get(KEY_CLIPPING_NORM, 0.0))  # set by a DP wrapper
         return super().configure_train(server_round, arrays, ConfigRecord({**config, "lr": lr}), grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -88,8 +100,35 @@ class FedDAT(FedAvg):
         every round, with no replies in a round without evaluation)."""
         metrics = super().aggregate_evaluate(server_round, replies)
         record = self.book.close()
+        if self.privacy_account is not None:
+            record.privacy = self.privacy_account(self._clipping_norm, record)
         self.history.append(record)
         log(INFO, "%s", record.headline(self.num_rounds))
         if self.on_round_end is not None:
             self.on_round_end(record)
         return metrics
+
+
+class FedDATMedian(FedDAT, FedMedian):
+    """FedDAT with Flower's coordinate-wise median of the shared adapters."""
+
+
+class FedDATTrimmedMean(FedDAT, FedTrimmedAvg):
+    """FedDAT with Flower's trimmed mean (`beta` = strategy.trim-fraction from each tail)."""
+
+
+class FedDATKrum(FedDAT, Krum):
+    """FedDAT with Flower's Krum (`num_malicious_nodes` = strategy.krum-malicious)."""
+
+
+# strategy.aggregation -> its strategy class (the names are feddat_flwr.robustness.AGGREGATIONS)
+STRATEGIES: dict[str, type[FedDAT]] = {
+    "fedavg": FedDAT, "median": FedDATMedian, "trimmed-mean": FedDATTrimmedMean, "krum": FedDATKrum}
+
+
+def strategy_for(strategy_cfg, **kwargs) -> FedDAT:
+    """The FedDAT strategy whose aggregation `strategy_cfg` (the config's strategy section) names."""
+    name = strategy_cfg["aggregation"]
+    options = {"trimmed-mean": {"beta": strategy_cfg["trim-fraction"]},
+               "krum": {"num_malicious_nodes": strategy_cfg["krum-malicious"]}}.get(name, {})
+    return STRATEGIES[name](**kwargs, **options)
