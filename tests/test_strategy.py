@@ -6,54 +6,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from feddat_flwr.flower.round_book import RoundBook
 from feddat_flwr.flower.strategy import FedDAT
-from feddat_flwr.records import EvalReport, TrainReport, summarize
-
-KEYS = ("layer.lora_A.weight", "layer.lora_B.weight")
-
+from feddat_flwr.records import summarize
+from helpers.replies import KEYS, FakeGrid, begin_round, eval_reply, make_strategy, train, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
-
-
-def _strategy(weighting, keys=KEYS, **kw):
-    defaults = dict(num_rounds=2, lr_for_round=lambda r: 0.1 / r, weighting=weighting, eval_every=1,
-                    fraction_train=1.0, min_train_nodes=2, min_available_nodes=2)
-    book = RoundBook(keys, max_update_ratio=100.0, min_valid_replies=1)
-    return FedDAT(book=book, **{**defaults, **kw})
-
-
-def _train_reply(node_id, pid, value, num_examples, arrays=None):
-    sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="train")
-    if arrays is None:
-        arrays = {k: np.full((2, 2), value, dtype=np.float32) for k in KEYS}
-    report = TrainReport(partition_id=pid, num_examples=num_examples, losses={"loss": value},
-                         seconds=float(pid + 1), steps=1, peak_rss_mb=1.0)
-    arrays = {k: Array(v) for k, v in arrays.items()}
-    content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(report.to_metrics())})
-    return Message(content, reply_to=sent)
-
-
-def _eval_reply(node_id, pid, acc, n):
-    sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="evaluate")
-    report = EvalReport(pid, n, {"dat": acc, "shared": acc / 2, "local": acc / 4, "majority": 0.1})
-    return Message(RecordDict({"metrics": MetricRecord(report.to_metrics())}), reply_to=sent)
-
-
-class FakeGrid:
-    def get_node_ids(self):
-        return [11, 12, 13]
-
-
-def _begin_round(strategy, server_round=1):
-    arrays = ArrayRecord({k: Array(np.zeros((2, 2), dtype=np.float32)) for k in KEYS})
-    msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(), FakeGrid()))
-    strategy.book.sent(msgs)  # as the Grid does
-    return arrays, msgs
-
-
-def _train(strategy, server_round, replies):
-    return strategy.aggregate_train(server_round, strategy.book.received(replies))
 
 
 def test_aggregation_is_fedavgs_own():
@@ -62,17 +19,17 @@ def test_aggregation_is_fedavgs_own():
 
 @pytest.mark.parametrize(("weighting", "expected"), [("num-examples", (1 * 10 + 4 * 30) / 40), ("uniform", 2.5)])
 def test_aggregates_shared_adapter_by_weighting(weighting, expected):
-    strategy = _strategy(weighting)
-    _begin_round(strategy)
-    arrays, metrics = _train(strategy, 1, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 4.0, 30)])
+    strategy = make_strategy(weighting)
+    begin_round(strategy)
+    arrays, metrics = train(strategy, 1, [train_reply(11, 0, 1.0, 10), train_reply(12, 1, 4.0, 30)])
     for key in KEYS:
         np.testing.assert_allclose(arrays[key].numpy(), np.full((2, 2), expected), rtol=1e-6)
     assert dict(metrics) == {"loss": 2.5}  # what Flower logs: the clients' mean loss, nothing else
 
 
 def test_train_config_carries_round_lr_and_only_the_adapter():
-    strategy = _strategy("num-examples")
-    arrays, msgs = _begin_round(strategy, server_round=2)
+    strategy = make_strategy("num-examples")
+    arrays, msgs = begin_round(strategy, server_round=2)
     assert len(msgs) == 3
     assert msgs[0].content["config"]["lr"] == pytest.approx(0.05)
     assert set(msgs[0].content["arrays"].keys()) == set(KEYS)
@@ -80,16 +37,16 @@ def test_train_config_carries_round_lr_and_only_the_adapter():
 
 
 def test_reply_with_private_tensors_is_rejected_and_recorded():
-    strategy = _strategy("uniform")
+    strategy = make_strategy("uniform")
     leaky = {**{k: np.ones((2, 2), np.float32) for k in KEYS}, "head.weight": np.ones(3, np.float32)}
-    _, sent = _begin_round(strategy)
+    _, sent = begin_round(strategy)
     for i, m in enumerate(sent):
         m.metadata.__dict__["_message_id"] = f"msg-{i}"  # as the Grid does when it sends them
     lost = next(m for m in sent if m.metadata.dst_node_id == 13)
     TaskIdentity.node_id = 1  # the SuperLink answers for a node that went away
-    replies = [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 9.0, 10, arrays=leaky),
+    replies = [train_reply(11, 0, 1.0, 10), train_reply(12, 1, 9.0, 10, arrays=leaky),
                Message(Error(code=0, reason="node crashed"), reply_to=lost)]
-    arrays, _ = _train(strategy, 1, replies)
+    arrays, _ = train(strategy, 1, replies)
     np.testing.assert_allclose(arrays[KEYS[0]].numpy(), 1.0)  # only the clean reply counted
     failures = strategy.book.current.failures
     assert [(f.node_id, f.stage) for f in failures] == [(12, "train"), (13, "train")]
@@ -97,27 +54,27 @@ def test_reply_with_private_tensors_is_rejected_and_recorded():
 
 
 def test_reply_with_malformed_metrics_is_a_recorded_failure():
-    strategy = _strategy("uniform")
-    _begin_round(strategy)
-    bad = _train_reply(12, 1, 1.0, 10)
+    strategy = make_strategy("uniform")
+    begin_round(strategy)
+    bad = train_reply(12, 1, 1.0, 10)
     del bad.content["metrics"]["partition-id"]
-    valid = strategy.book.received([_train_reply(11, 0, 1.0, 10), bad])
+    valid = strategy.book.received([train_reply(11, 0, 1.0, 10), bad])
     assert len(valid) == 1 and "partition-id" in strategy.book.current.failures[0].reason
 
 
 def test_round_record_has_per_client_train_eval_and_summary():
     records = []
-    strategy = _strategy("num-examples", eval_every=2, on_round_end=records.append)
-    arrays, _ = _begin_round(strategy, 1)
-    _train(strategy, 1, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 2.0, 30)])
+    strategy = make_strategy("num-examples", eval_every=2, on_round_end=records.append)
+    arrays, _ = begin_round(strategy, 1)
+    train(strategy, 1, [train_reply(11, 0, 1.0, 10), train_reply(12, 1, 2.0, 30)])
     assert list(strategy.configure_evaluate(1, arrays, ConfigRecord(), FakeGrid())) == []  # not an eval round
     assert strategy.aggregate_evaluate(1, []) is None
-    arrays, _ = _begin_round(strategy, 2)
-    _train(strategy, 2, [_train_reply(11, 0, 1.0, 10), _train_reply(12, 1, 2.0, 30)])
+    arrays, _ = begin_round(strategy, 2)
+    train(strategy, 2, [train_reply(11, 0, 1.0, 10), train_reply(12, 1, 2.0, 30)])
     evaluate = list(strategy.configure_evaluate(2, arrays, ConfigRecord(), FakeGrid()))
     assert len(evaluate) == 3  # the last round is always evaluated
     strategy.book.sent(evaluate)
-    replies = strategy.book.received([_eval_reply(11, 0, 0.8, 100), _eval_reply(12, 1, 0.4, 300)])
+    replies = strategy.book.received([eval_reply(11, 0, 0.8, 100), eval_reply(12, 1, 0.4, 300)])
     metrics = strategy.aggregate_evaluate(2, replies)
     assert metrics["dat"] == pytest.approx((0.8 * 100 + 0.4 * 300) / 400)
     assert [r.round for r in records] == [1, 2] and records[0].eval is None
@@ -141,14 +98,14 @@ def test_summarize_mean_is_weighted_and_min_is_worst_client():
 
 def test_unknown_weighting_is_an_error():
     with pytest.raises(ValueError, match="Unknown weighting 'size'; allowed: num-examples, uniform"):
-        _strategy("size")
+        make_strategy("size")
 
 
 def test_no_communication_mode_exchanges_no_bytes():
-    strategy = _strategy("num-examples", keys=(), num_rounds=1)
+    strategy = make_strategy("num-examples", keys=(), num_rounds=1)
     empty = ArrayRecord()
     msgs = list(strategy.configure_train(1, empty, ConfigRecord(), FakeGrid()))
     strategy.book.sent(msgs)
-    arrays, _ = _train(strategy, 1, [_train_reply(11, 0, 1.0, 10, arrays={}), _train_reply(12, 1, 2.0, 10, arrays={})])
+    arrays, _ = train(strategy, 1, [train_reply(11, 0, 1.0, 10, arrays={}), train_reply(12, 1, 2.0, 10, arrays={})])
     assert len(msgs) == 3 and len(arrays) == 0
     assert strategy.book.current.bytes_down == 0 and strategy.book.current.failures == []
