@@ -1,26 +1,43 @@
-"""One real federated run: `flwr run` on a private simulation SuperLink, Ray actors, tiny ViLT."""
+"""Real federated runs: `flwr run` on a private simulation SuperLink, Ray actors, tiny ViLT."""
 
 import json
 
 import pytest
+import torch
 from datasets import Dataset, DatasetDict, Image as DatasetImage
 from peft import PeftModel
+from flwr.serverapp import GaussianPrivacyEvent
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import ViltModel
 
+from feddat_flwr.config import load_config
+from feddat_flwr.flower.privacy import accountant_for
 from feddat_flwr.tools.launch import run_simulation
 
 
-@pytest.mark.e2e
-def test_two_round_federation_writes_complete_results(tmp_path, tiny_model_dir):
-    out = tmp_path / "run"
-    outcome = run_simulation(
-        {"model.name-or-path": tiny_model_dir, "num-rounds": 2, "data.max-train": 48, "data.max-test": 24,
-         "train.batch-size": 16, "strategy.weighting": "uniform", "output-dir": str(out)},
-        num_clients=3, work_dir=tmp_path / "flwr", timeout=600, stream=False,
-    )
+# The 2-round federation of 3 clients the tests below vary (a hostile client, DP).
+BASE = {"num-rounds": 2, "data.max-train": 48, "data.max-test": 24, "train.batch-size": 16,
+        "strategy.weighting": "uniform"}
+
+
+def _simulate(tmp_path_factory, tiny_model_dir, name, num_clients=3, **overrides):
+    root = tmp_path_factory.mktemp(name)
+    outcome = run_simulation({"model.name-or-path": tiny_model_dir, **BASE, **overrides,
+                              "output-dir": str(root / "run")},
+                             num_clients=num_clients, work_dir=root / "flwr", timeout=600, stream=False)
     assert outcome.status == "finished:completed"
-    results = json.loads((out / "results.json").read_text())
+    return root / "run", json.loads((root / "run" / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def honest_run(tmp_path_factory, tiny_model_dir):
+    return _simulate(tmp_path_factory, tiny_model_dir, "honest")
+
+
+@pytest.mark.e2e
+def test_two_round_federation_writes_complete_results(honest_run, tiny_model_dir):
+    out, results = honest_run
     assert results["config"]["strategy"]["weighting"] == "uniform"
     assert results["config"]["num-rounds"] == 2
     assert [r["round"] for r in results["rounds"]] == [1, 2]
@@ -33,6 +50,9 @@ def test_two_round_federation_writes_complete_results(tmp_path, tiny_model_dir):
         assert set(record["eval"]) == {"dat", "shared", "local", "majority"}
         assert record["bytes-up"] > 0 and record["bytes-down"] > record["bytes-up"]
         assert record["failures"] == [] and record["seconds"] > 0
+        assert all(c["update-norm"] > 0 for c in record["clients"].values())
+        assert "privacy" not in record
+    assert results["stopped"] is None
     assert results["final"] == results["rounds"][-1]["eval"]
     assert (out / "accuracy.png").is_file()
     PeftModel.from_pretrained(ViltModel.from_pretrained(tiny_model_dir), str(out / "shared-adapter"))
@@ -67,3 +87,51 @@ def test_clients_train_on_their_own_datasets_with_different_label_spaces(tmp_pat
     assert record["clients"]["1"]["eval"]["majority"] == 0.5  # yes/no, alternating
     # every answer given 24 times: the tie goes to "blue", which scores 1 on 2 of the 8 test rows
     assert record["clients"]["2"]["eval"]["majority"] == pytest.approx(2 / 8)
+
+
+@pytest.mark.e2e
+def test_a_client_sending_nan_is_dropped_and_the_others_learn_as_without_it(tmp_path_factory, tiny_model_dir):
+    """Three clients on their own colour datasets; partition 2 replies with a NaN shared adapter
+    every round (attack_mod). Its replies are failures, and the two honest clients end exactly
+    where they end in a federation of the two of them alone (same seeds: the hostile client
+    changed nothing they see)."""
+    data = tmp_path_factory.mktemp("colours")
+    colours = ["red", "green", "blue"]
+    for pid in range(3):
+        _client_dataset(data / "three" / f"partition_{pid}", lambda i, pid=pid: colours[(i + pid) % 3])
+    (data / "two").mkdir()
+    for pid in range(2):
+        (data / "two" / f"partition_{pid}").symlink_to(data / "three" / f"partition_{pid}")
+    common = {"train.batch-size": 8, "train.lr": 0.01}
+    out, hostile = _simulate(tmp_path_factory, tiny_model_dir, "hostile", num_clients=3, **common,
+                             **{"data.path": str(data / "three"), "attack.kind": "nan", "attack.partitions": "2"})
+    _, alone = _simulate(tmp_path_factory, tiny_model_dir, "alone", num_clients=2, **common,
+                         **{"data.path": str(data / "two")})
+    hostile_node = hostile["rounds"][0]["clients"]["2"]["node-id"]
+    for record, reference in zip(hostile["rounds"], alone["rounds"], strict=True):
+        assert [(f["node-id"], f["stage"]) for f in record["failures"]] == [(hostile_node, "train")]
+        assert "non-finite" in record["failures"][0]["reason"]
+        assert {p for p, c in record["clients"].items() if "train" in c} == {"0", "1"}
+        for pid in ("0", "1"):
+            client, same = record["clients"][pid], reference["clients"][pid]
+            assert client["update-norm"] == pytest.approx(same["update-norm"], rel=1e-5)
+            assert client["eval"] == pytest.approx(same["eval"], abs=1e-6)
+    adapter = load_file(str(out / "shared-adapter" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in adapter.values())
+
+
+@pytest.mark.e2e
+def test_central_dp_records_epsilon_clipping_and_clipped_share(tmp_path_factory, tiny_model_dir):
+    _, results = _simulate(tmp_path_factory, tiny_model_dir, "dp", **{
+        "privacy.mode": "central-fixed", "privacy.noise-multiplier": 0.8, "privacy.clipping-norm": 0.05})
+    reference = accountant_for(load_config({"privacy.target-delta": 1e-5}).privacy, population=3)
+    for record in results["rounds"]:
+        reference.compose(GaussianPrivacyEvent(noise_multiplier=0.8, sample_size=3, population_size=3))
+        privacy = record["privacy"]
+        assert privacy["mode"] == "central-fixed" and privacy["releases"] == record["round"]
+        assert privacy["epsilon"] == pytest.approx(reference.get_privacy_spent().epsilon)
+        assert privacy["delta"] == 1e-5 and privacy["clipping-norm"] == 0.05
+        clients = record["clients"].values()
+        assert privacy["clipped-share"] == pytest.approx(sum(c["train"]["clipped"] for c in clients) / 3)
+        assert all(c["update-norm"] <= 0.05 * (1 + 1e-4) for c in clients)  # as clipped by the clients
+    assert results["rounds"][0]["privacy"]["clipped-share"] == 1.0  # 0.05 is below a round's update
