@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=float, default=1, help="CPUs per client actor")
     parser.add_argument("--gpus", type=float, default=0.0, help="GPUs per client actor, e.g. 0.2")
     parser.add_argument("--output-dir", type=Path, default=None,
-                        help="run directory (default: outputs/<timestamp>)")
+                        help="run directory (default: -c output-dir=..., else outputs/<timestamp>)")
     add_overrides(parser)
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args(argv)
     unwind_on_sigterm()
     overrides = dict(args.config)
-    out = args.output_dir or Path("outputs") / time.strftime("%Y%m%d-%H%M%S")
+    out = args.output_dir or Path(overrides.get("output-dir") or Path("outputs") / time.strftime("%Y%m%d-%H%M%S"))
     overrides["output-dir"] = str(out.resolve())
     try:
         outcome = run_simulation(overrides, num_clients=args.clients, cpus_per_client=args.cpus,
