@@ -13,6 +13,7 @@ from feddat_flwr.client import client_for, evaluate_client, train_client
 from feddat_flwr.config import load_config
 from feddat_flwr.flower.mods import attack_mod, privacy_mod
 from feddat_flwr.flower.state import mirror_dir, persist_state, restore_state
+from feddat_flwr.records import EVALUATE_FIRST, train_reply_metrics
 
 app = ClientApp(mods=[attack_mod, privacy_mod])  # a hostile client (attack_mod, outermost) skips clipping
 
@@ -25,21 +26,28 @@ def _global_adapter(msg: Message) -> dict:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Evaluate the received aggregate first when the server asks (EVALUATE_FIRST: it is the
+    previous round's evaluation after aggregation), then train one round; one reply with both."""
     cfg = load_config(context.run_config)
     backbone, data = client_for(cfg, context.node_config, context.node_id)
     mirror = mirror_dir(context.node_config, context.run_id)
     config = msg.content["config"]
+    state = restore_state(context.state, mirror)
+    global_adapter = _global_adapter(msg)
+    evaluation = (evaluate_client(backbone, data, state, global_adapter, cfg)
+                  if bool(config.get(EVALUATE_FIRST, False)) else None)
     shared, report, state = train_client(
-        backbone, data, restore_state(context.state, mirror), _global_adapter(msg), cfg,
+        backbone, data, state, global_adapter, cfg,
         lr=float(config["lr"]), server_round=int(config["server-round"]),
     )
     persist_state(context.state, mirror, state)
-    content = RecordDict({"arrays": ArrayRecord(shared), "metrics": MetricRecord(report.to_metrics())})
-    return Message(content=content, reply_to=msg)
+    metrics = MetricRecord(train_reply_metrics(report, evaluation))
+    return Message(content=RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    """The evaluation of the last round's aggregate (earlier rounds' ride on the train messages)."""
     cfg = load_config(context.run_config)
     backbone, data = client_for(cfg, context.node_config, context.node_id)
     state = restore_state(context.state, mirror_dir(context.node_config, context.run_id))

@@ -135,6 +135,7 @@ def main() -> int:
     parser.add_argument("--summary-only", action="store_true")
     add_overrides(parser, "run-config override for every cell, repeatable")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # output-dir must be absolute
     unwind_on_sigterm()
     cells = (privacy_cells if args.study == "privacy" else robustness_cells)(args)
     common = {**dict(args.config), "preset": args.preset, "method": "feddat", "strategy.weighting": "uniform"}

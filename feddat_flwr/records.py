@@ -35,6 +35,11 @@ ACCURACIES = (*VARIANTS, MAJORITY)
 
 _TRAIN = "train-"
 _EVAL = "eval-"
+_EVAL_SIZE = _EVAL + NUM_EXAMPLES
+
+# Train-message config flag: evaluate the received aggregate before training and report it in the
+# reply (one message per client and round; see feddat_flwr.flower.strategy).
+EVALUATE_FIRST = "evaluate-first"
 
 Metrics = Mapping[str, float | int]
 
@@ -111,13 +116,26 @@ class EvalReport:
         return {**{v: self.accuracy[v] for v in ACCURACIES}, NUM_EXAMPLES: self.num_examples}
 
     def to_metrics(self) -> dict[str, float | int]:
-        return {**_reply_keys(self.partition_id, self.num_examples),
+        """The evaluation reply's metrics. The test size is also `eval-num-examples`, so that the
+        report can ride in a train reply, whose `num-examples` is the training size."""
+        return {**_reply_keys(self.partition_id, self.num_examples), _EVAL_SIZE: self.num_examples,
                 **{_EVAL + v: float(self.accuracy[v]) for v in ACCURACIES}}
 
     @classmethod
     def from_metrics(cls, metrics: Metrics) -> EvalReport:
-        return cls(int(metrics[PARTITION_ID]), int(metrics[NUM_EXAMPLES]),
+        return cls(int(metrics[PARTITION_ID]), int(metrics[_EVAL_SIZE]),
                    {v: float(metrics[_EVAL + v]) for v in ACCURACIES})
+
+    @staticmethod
+    def present_in(metrics: Metrics) -> bool:
+        """Whether a reply's metrics carry an evaluation."""
+        return _EVAL_SIZE in metrics
+
+
+def train_reply_metrics(train: TrainReport, evaluation: EvalReport | None = None) -> dict[str, float | int]:
+    """A train reply's metrics: the training report and, when the client evaluated the received
+    aggregate first (`EVALUATE_FIRST`), that evaluation (of the previous round's aggregate)."""
+    return {**(evaluation.to_metrics() if evaluation is not None else {}), **train.to_metrics()}
 
 
 def summarize(evals: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:

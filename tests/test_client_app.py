@@ -7,6 +7,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 import client_app
 from feddat_flwr.model.backbone import load_backbone_for
 from feddat_flwr.flower.state import LOCAL_KEY, mirror_dir, read_state, restore_state
+from feddat_flwr.records import EVALUATE_FIRST, EvalReport, TrainReport
 
 
 @pytest.fixture()
@@ -17,10 +18,36 @@ def context(tiny_cfg, tiny_model_dir, task_identity):
                    state=RecordDict(), run_config=run_config)
 
 
-def _message(kind, arrays, server_round):
+def _message(kind, arrays, server_round, **config):
     content = RecordDict({"arrays": ArrayRecord(arrays),
-                          "config": ConfigRecord({"lr": 0.01, "server-round": server_round})})
+                          "config": ConfigRecord({"lr": 0.01, "server-round": server_round, **config})})
     return Message(content=content, dst_node_id=5, message_type=kind)
+
+
+def _fresh(context):
+    return Context(run_id=1, node_id=5, node_config=dict(context.node_config), state=RecordDict(),
+                   run_config=context.run_config)
+
+
+def test_one_message_per_round_reports_what_the_two_message_flow_did(context, tiny_cfg):
+    """Round 2's train message with evaluate-first: its reply's evaluation equals the evaluate
+    message of the two-message flow after round 1, and its training is bit-identical."""
+    global0 = load_backbone_for(tiny_cfg()).initial_adapter(0)
+    two, one = context, _fresh(context)
+    global1 = client_app.train(_message("train", global0, 1), two).content["arrays"].to_torch_state_dict()
+    evaluation = client_app.evaluate(_message("evaluate", global1, 1), two).content["metrics"]
+    trained = client_app.train(_message("train", global1, 2), two)
+
+    first = client_app.train(_message("train", global0, 1), one).content["arrays"].to_torch_state_dict()
+    assert all(torch.equal(first[k], global1[k]) for k in global1)
+    combined = client_app.train(_message("train", global1, 2, **{EVALUATE_FIRST: True}), one)
+    metrics = combined.content["metrics"]
+    assert EvalReport.from_metrics(metrics) == EvalReport.from_metrics(evaluation)
+    assert TrainReport.from_metrics(metrics).num_examples == TrainReport.from_metrics(trained.content["metrics"]).num_examples
+    assert metrics["num-examples"] == 48  # FedAvg weights by the training size, not the test size
+    arrays, expected = combined.content["arrays"], trained.content["arrays"]
+    assert all((arrays[k].numpy() == expected[k].numpy()).all() for k in expected.keys())
+    assert read_state(one.state).rounds_trained == read_state(two.state).rounds_trained == 2
 
 
 def test_only_the_shared_adapter_leaves_and_private_state_persists(context, tiny_cfg):

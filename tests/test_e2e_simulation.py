@@ -48,7 +48,9 @@ def test_two_round_federation_writes_complete_results(honest_run, tiny_model_dir
             assert {"loss", "shared-task", "shared-kd", "dat-task", "dat-kd", "seconds"} <= set(client["train"])
             assert set(client["eval"]) == {"dat", "shared", "local", "majority", "num-examples"}
         assert set(record["eval"]) == {"dat", "shared", "local", "majority"}
-        assert record["bytes-up"] > 0 and record["bytes-down"] > record["bytes-up"]
+        # one adapter per client each way; the last round adds the final evaluation's
+        assert record["bytes-up"] > 0
+        assert record["bytes-down"] == record["bytes-up"] * (2 if record["round"] == 2 else 1)
         assert record["failures"] == [] and record["seconds"] > 0
         assert all(c["update-norm"] > 0 for c in record["clients"].values())
         assert "privacy" not in record
@@ -121,17 +123,28 @@ def test_a_client_sending_nan_is_dropped_and_the_others_learn_as_without_it(tmp_
 
 
 @pytest.mark.e2e
-def test_central_dp_records_epsilon_clipping_and_clipped_share(tmp_path_factory, tiny_model_dir):
-    _, results = _simulate(tmp_path_factory, tiny_model_dir, "dp", **{
-        "privacy.mode": "central-fixed", "privacy.noise-multiplier": 0.8, "privacy.clipping-norm": 0.05})
+def test_central_dp_records_epsilon_clipping_and_stops_at_the_target_epsilon(tmp_path_factory, tiny_model_dir):
+    """central-fixed with a target epsilon between that of 2 and of 3 releases: the run of 3 rounds
+    ends cleanly after round 2, with the privacy account of each round and the last released adapter."""
     reference = accountant_for(load_config({"privacy.target-delta": 1e-5}).privacy, population=3)
-    for record in results["rounds"]:
-        reference.compose(GaussianPrivacyEvent(noise_multiplier=0.8, sample_size=3, population_size=3))
+    event = GaussianPrivacyEvent(noise_multiplier=0.8, sample_size=3, population_size=3)
+    epsilons = []
+    for _ in range(3):
+        reference.compose(event)
+        epsilons.append(reference.get_privacy_spent().epsilon)
+    out, results = _simulate(tmp_path_factory, tiny_model_dir, "dp", **{
+        "num-rounds": 3, "privacy.mode": "central-fixed", "privacy.noise-multiplier": 0.8,
+        "privacy.clipping-norm": 0.05, "privacy.target-epsilon": (epsilons[1] + epsilons[2]) / 2})
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert results["stopped"].startswith("privacy budget") and results["final"] == results["rounds"][-1]["eval"]
+    for record, epsilon in zip(results["rounds"], epsilons):
         privacy = record["privacy"]
         assert privacy["mode"] == "central-fixed" and privacy["releases"] == record["round"]
-        assert privacy["epsilon"] == pytest.approx(reference.get_privacy_spent().epsilon)
+        assert privacy["epsilon"] == pytest.approx(epsilon)
         assert privacy["delta"] == 1e-5 and privacy["clipping-norm"] == 0.05
         clients = record["clients"].values()
         assert privacy["clipped-share"] == pytest.approx(sum(c["train"]["clipped"] for c in clients) / 3)
         assert all(c["update-norm"] <= 0.05 * (1 + 1e-4) for c in clients)  # as clipped by the clients
     assert results["rounds"][0]["privacy"]["clipped-share"] == 1.0  # 0.05 is below a round's update
+    adapter = load_file(str(out / "shared-adapter" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in adapter.values())

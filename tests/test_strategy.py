@@ -7,7 +7,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from feddat_flwr.flower.strategy import FedDAT
-from feddat_flwr.records import summarize
+from feddat_flwr.records import EVALUATE_FIRST, EvalReport, summarize
 from helpers.replies import KEYS, FakeGrid, begin_round, eval_reply, make_strategy, train, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -109,3 +109,31 @@ def test_no_communication_mode_exchanges_no_bytes():
     arrays, _ = train(strategy, 1, [train_reply(11, 0, 1.0, 10, arrays={}), train_reply(12, 1, 2.0, 10, arrays={})])
     assert len(msgs) == 3 and len(arrays) == 0
     assert strategy.book.current.bytes_down == 0 and strategy.book.current.failures == []
+
+
+def test_one_message_per_round_the_next_train_reply_brings_the_evaluation():
+    """Round 2's train messages ask for the evaluation of round 1's aggregate; the train replies
+    that bring it fill round 1's record; only the last round has evaluate messages. Each round
+    sends every client one adapter (the last also its final evaluation's)."""
+    records = []
+    strategy = make_strategy("uniform", num_rounds=2, on_round_end=records.append)
+    arrays, msgs = begin_round(strategy, 1)
+    assert all(m.content["config"][EVALUATE_FIRST] is False for m in msgs)
+    train(strategy, 1, [train_reply(11, 0, 1.0, 10), train_reply(12, 1, 2.0, 10)])
+    assert list(strategy.configure_evaluate(1, arrays, ConfigRecord(), FakeGrid())) == []
+    strategy.aggregate_evaluate(1, [])
+    assert records == []  # round 1 waits for its evaluation
+    arrays, msgs = begin_round(strategy, 2)
+    assert all(m.content["config"][EVALUATE_FIRST] is True for m in msgs)
+    accuracies = [{"dat": acc, "shared": acc, "local": acc, "majority": 0.1} for acc in (0.6, 0.8)]
+    train(strategy, 2, [train_reply(11 + i, i, 1.0, 10, evaluation=EvalReport(i, 20, a))
+                        for i, a in enumerate(accuracies)])
+    final = list(strategy.configure_evaluate(2, arrays, ConfigRecord(), FakeGrid()))
+    strategy.book.sent(final)
+    strategy.aggregate_evaluate(2, strategy.book.received([eval_reply(11, 0, 0.9, 20), eval_reply(12, 1, 0.7, 20)]))
+    first, second = records
+    assert first.round == 1 and first.eval["dat"]["mean"] == pytest.approx(0.7)
+    assert first.clients["1"].eval["dat"] == 0.8 and first.clients["1"].num_examples == 10
+    assert second.eval["dat"]["mean"] == pytest.approx(0.8)
+    adapter = arrays.count_bytes()
+    assert first.bytes_down == 3 * adapter and second.bytes_down == 2 * 3 * adapter

@@ -8,6 +8,11 @@ feddat_flwr.robustness), records each valid client's reports and drops the other
 and for which node. So the strategy aggregates valid replies only, with Flower's own unmodified
 `aggregate_train`. A round left with fewer valid train replies than `min_valid_replies` stops
 the run (`TooFewValidReplies`).
+
+One message per client and round: a train reply may also carry the client's evaluation of the
+aggregate it received, which is the previous round's evaluation after aggregation. So a round's
+record is held (`hold`) until the next round's train replies have brought its evaluations
+(`close_held`); the last round's comes with the final evaluate messages (`close`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class RoundBook:
         self.max_update_ratio = max_update_ratio
         self.min_valid_replies = min_valid_replies
         self.current: RoundRecord | None = None
+        self.held: RoundRecord | None = None  # the previous round, awaiting its evaluations
+        self._held_seconds = 0.0
         self._sent: list[Message] = []
         self._global: dict[str, np.ndarray] = {}
         self._phase: str | None = None  # the message type of the batch last sent
@@ -52,8 +59,27 @@ class RoundBook:
         self._start = time.perf_counter()
 
     def close(self) -> RoundRecord:
+        """The current round's finished record."""
         record, self.current = self.current, None
         record.close(time.perf_counter() - self._start)
+        return record
+
+    def hold(self) -> None:
+        """The current round is aggregated; its evaluations come with the next round's replies."""
+        self.held, self.current = self.current, None
+        self._held_seconds = time.perf_counter() - self._start
+
+    def reopen_held(self) -> None:
+        """The held round becomes the current one again (to be evaluated by evaluate messages)."""
+        self.current, self.held = self.held, None
+        self._sent = []
+        self._start = time.perf_counter() - self._held_seconds
+
+    def close_held(self) -> RoundRecord | None:
+        """The held round's finished record (None if no round is held)."""
+        record, self.held = self.held, None
+        if record is not None:
+            record.close(self._held_seconds)
         return record
 
     # -- the Grid's view --------------------------------------------------------------------
@@ -97,8 +123,9 @@ class RoundBook:
         """Why a reply without an error cannot be used, or None."""
         try:
             metrics = msg.content["metrics"]
-            if msg.metadata.message_type != MessageType.TRAIN:
+            if msg.metadata.message_type != MessageType.TRAIN or EvalReport.present_in(metrics):
                 EvalReport.from_metrics(metrics)
+            if msg.metadata.message_type != MessageType.TRAIN:
                 return None
             TrainReport.from_metrics(metrics)
         except (KeyError, TypeError, ValueError) as exc:
@@ -117,6 +144,9 @@ class RoundBook:
             report = TrainReport.from_metrics(metrics)
             client = self.current.client(report.partition_id, msg.metadata.src_node_id)
             client.num_examples, client.train, client.update_norm = report.num_examples, report.record(), norm
+            if EvalReport.present_in(metrics) and self.held is not None:
+                self.held.client(report.partition_id, msg.metadata.src_node_id).eval = \
+                    EvalReport.from_metrics(metrics).record()
         else:
             report = EvalReport.from_metrics(metrics)
             self.current.client(report.partition_id, msg.metadata.src_node_id).eval = report.record()

@@ -81,20 +81,23 @@ def run_server(grid: Grid, context: Context) -> None:
         # Flower's DP wrappers calibrate the noise to a fixed number of clients per round.
         population = len(_wait_for_nodes(grid, cfg.strategy["min-available-clients"]))
         runner = with_privacy(strategy, cfg.privacy, _sample_size(cfg.strategy, population), population)
+    prompt_grid = PromptGrid(grid, book=book)  # replies collected within ~50 ms, not Flower's 3-s polls
     try:
         result = runner.start(
-            grid=PromptGrid(grid, book=book),  # replies collected within ~50 ms, not Flower's 3-s polls
+            grid=prompt_grid,
             initial_arrays=ArrayRecord(initial),
             num_rounds=num_rounds,
             train_config=ConfigRecord(),
             evaluate_config=ConfigRecord(),
         )
         final = result.arrays
-    except PrivacyBudgetExhausted as exc:  # a clean stop: keep the last released adapter
+    except PrivacyBudgetExhausted as exc:  # a clean stop: the last released adapter, evaluated
+        log(WARNING, "Stopping before round %s: %s", book.current.round, exc)
+        strategy.evaluate_held(prompt_grid)
         recorder.stop(f"privacy budget: {exc}")
-        log(WARNING, "Stopped before round %s: %s", len(strategy.history) + 1, exc)
         final = strategy.latest_arrays
     except TooFewValidReplies as exc:
+        strategy.close_held()
         recorder.stop(str(exc), book.close())
         log(ERROR, "Run stopped: %s", exc)
         raise

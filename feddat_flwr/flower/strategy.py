@@ -19,7 +19,15 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from feddat_flwr.flower.round_book import RoundBook
-from feddat_flwr.records import VARIANTS, WEIGHT_KEYS, EvalReport, PrivacyRecord, RoundRecord, TrainReport
+from feddat_flwr.records import (
+    EVALUATE_FIRST,
+    VARIANTS,
+    WEIGHT_KEYS,
+    EvalReport,
+    PrivacyRecord,
+    RoundRecord,
+    TrainReport,
+)
 
 # A round's privacy account, given the clipping norm of the round and its record (see privacy.py).
 PrivacyAccount = Callable[[float, RoundRecord], PrivacyRecord]
@@ -87,26 +95,54 @@ class FedDAT(FedAvg):
         self.book.begin(server_round, lr)
         self.latest_arrays = arrays
         self._clipping_norm = float(config.get(KEY_CLIPPING_NORM, 0.0))  # set by a DP wrapper
-        return super().configure_train(server_round, arrays, ConfigRecord({**config, "lr": lr}), grid)
+        evaluate_first = server_round > 1 and self.is_eval_round(server_round - 1)
+        config = ConfigRecord({**config, "lr": lr, EVALUATE_FIRST: evaluate_first})
+        return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        if not self.is_eval_round(server_round):
+        if server_round != self.num_rounds:  # earlier aggregates are evaluated with the next train message
             return []
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """FedAvg's evaluation aggregate; then the round's record is closed (Flower calls this in
-        every round, with no replies in a round without evaluation)."""
+        """Flower calls this at the end of every round (with replies in the last round only): the
+        previous round's record, now evaluated, is closed; this round's is held for the
+        evaluations the next round's train replies bring, or closed if it is the last."""
         metrics = super().aggregate_evaluate(server_round, replies)
-        record = self.book.close()
-        if self.privacy_account is not None:
-            record.privacy = self.privacy_account(self._clipping_norm, record)
+        previous = self.book.close_held()
+        if previous is not None:
+            self._finish(previous)
+        if self.privacy_account is not None:  # the account as of this round's release
+            self.book.current.privacy = self.privacy_account(self._clipping_norm, self.book.current)
+        if server_round == self.num_rounds:
+            self._finish(self.book.close())
+        else:
+            self.book.hold()
+        return metrics
+
+    def close_held(self) -> None:
+        """A run that stops early: the held round's record, with what it has, is closed."""
+        previous = self.book.close_held()
+        if previous is not None:
+            self._finish(previous)
+
+    def evaluate_held(self, grid: Grid) -> None:
+        """A run that stops before its last round: the held round's aggregate (the last one
+        released) is evaluated with evaluate messages, as a last round's is, and its record closed."""
+        if self.book.held is None:
+            return
+        self.book.reopen_held()
+        server_round = self.book.current.round
+        messages = super().configure_evaluate(server_round, self.latest_arrays, ConfigRecord(), grid)
+        super().aggregate_evaluate(server_round, grid.send_and_receive(messages))
+        self._finish(self.book.close())
+
+    def _finish(self, record: RoundRecord) -> None:
         self.history.append(record)
         log(INFO, "%s", record.headline(self.num_rounds))
         if self.on_round_end is not None:
             self.on_round_end(record)
-        return metrics
 
 
 class FedDATMedian(FedDAT, FedMedian):

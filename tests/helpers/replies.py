@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from feddat_flwr.flower.round_book import RoundBook
 from feddat_flwr.flower.strategy import STRATEGIES
-from feddat_flwr.records import EvalReport, TrainReport
+from feddat_flwr.records import EvalReport, TrainReport, train_reply_metrics
 
 KEYS = ("layer.lora_A.weight", "layer.lora_B.weight")
 
@@ -29,8 +29,9 @@ def make_strategy(weighting, keys=KEYS, aggregation="fedavg", max_update_ratio=1
     return STRATEGIES[aggregation](book=book, **{**defaults, **kw})
 
 
-def train_reply(node_id, pid, value, num_examples, arrays=None, metrics=None):
-    """A client's train reply: every adapter tensor filled with `value` unless `arrays` are given."""
+def train_reply(node_id, pid, value, num_examples, arrays=None, metrics=None, evaluation=None):
+    """A client's train reply: every adapter tensor filled with `value` unless `arrays` are given;
+    with `evaluation` (an EvalReport), the evaluation it ran first."""
     sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="train")
     if arrays is None:
         arrays = {k: np.full((2, 2), value, dtype=np.float32) for k in KEYS}
@@ -38,7 +39,7 @@ def train_reply(node_id, pid, value, num_examples, arrays=None, metrics=None):
                          seconds=float(pid + 1), steps=1, peak_rss_mb=1.0)
     arrays = {k: Array(v) for k, v in arrays.items()}
     content = RecordDict({"arrays": ArrayRecord(arrays),
-                          "metrics": MetricRecord({**report.to_metrics(), **(metrics or {})})})
+                          "metrics": MetricRecord({**train_reply_metrics(report, evaluation), **(metrics or {})})})
     return Message(content, reply_to=sent)
 
 
