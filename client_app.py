@@ -6,6 +6,8 @@ when given) and never goes into a reply. The mods (feddat_flwr/flower/mods.py) c
 update under privacy.mode and, for robustness evaluation only, make attack.partitions hostile.
 """
 
+from pathlib import Path
+
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -13,9 +15,14 @@ from feddat_flwr.client import client_for, evaluate_client, train_client
 from feddat_flwr.config import load_config
 from feddat_flwr.flower.mods import attack_mod, privacy_mod
 from feddat_flwr.flower.state import mirror_dir, persist_state, restore_state
-from feddat_flwr.records import EVALUATE_FIRST, train_reply_metrics
+from feddat_flwr.records import EVALUATE_FIRST, RUN_KEY, train_reply_metrics
 
 app = ClientApp(mods=[attack_mod, privacy_mod])  # a hostile client (attack_mod, outermost) skips clipping
+
+
+def _mirror(msg: Message, context: Context, cfg) -> Path | None:
+    run_key = str(msg.content["config"].get(RUN_KEY, context.run_id))
+    return mirror_dir(context.node_config, run_key, cfg["client-state-dir"])
 
 
 def _global_adapter(msg: Message) -> dict:
@@ -30,9 +37,9 @@ def train(msg: Message, context: Context) -> Message:
     previous round's evaluation after aggregation), then train one round; one reply with both."""
     cfg = load_config(context.run_config)
     backbone, data = client_for(cfg, context.node_config, context.node_id)
-    mirror = mirror_dir(context.node_config, context.run_id)
+    mirror = _mirror(msg, context, cfg)
     config = msg.content["config"]
-    state = restore_state(context.state, mirror)
+    state = restore_state(context.state, mirror, before_round=int(config["server-round"]))
     global_adapter = _global_adapter(msg)
     evaluation = (evaluate_client(backbone, data, state, global_adapter, cfg)
                   if bool(config.get(EVALUATE_FIRST, False)) else None)
@@ -50,6 +57,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """The evaluation of the last round's aggregate (earlier rounds' ride on the train messages)."""
     cfg = load_config(context.run_config)
     backbone, data = client_for(cfg, context.node_config, context.node_id)
-    state = restore_state(context.state, mirror_dir(context.node_config, context.run_id))
+    server_round = int(msg.content["config"]["server-round"])  # the round whose aggregate this is
+    state = restore_state(context.state, _mirror(msg, context, cfg), before_round=server_round + 1)
     report = evaluate_client(backbone, data, state, _global_adapter(msg), cfg)
     return Message(content=RecordDict({"metrics": MetricRecord(report.to_metrics())}), reply_to=msg)

@@ -85,6 +85,7 @@ def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState
         head={k: v.detach().to("cpu", copy=True) for k, v in head.state_dict().items()},
         labels=state.labels,
         rounds_trained=state.rounds_trained + 1,
+        last_round=server_round,
     )
     peak_cuda_mb = None
     if backbone.device.type == "cuda":

@@ -2,7 +2,10 @@
 
 The state never goes into a reply. In a Flower ClientApp it lives in `context.state`
 (feddat_flwr.flower.state); with a node-config `state-dir` it is also mirrored to disk after
-every round and restored from there when `context.state` is empty (a restarted SuperNode).
+every round and restored from there when `context.state` is empty (a restarted SuperNode, or a
+resumed run). The mirror keeps one snapshot per server round trained (`round-<k>/`, the newest
+`KEEP_SNAPSHOTS`), so that a run resumed from the server's checkpoint after round k finds each
+client's state as it was after round k, even if the client had already trained round k + 1.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ class ClientState:
     head: dict[str, torch.Tensor]
     labels: list[str]
     rounds_trained: int = 0
+    last_round: int = 0  # the server round the state was last trained in (0: not yet)
+
+
+KEEP_SNAPSHOTS = 2
 
 
 def save_state_dir(path: Path, state: ClientState) -> None:
@@ -37,8 +44,8 @@ def save_state_dir(path: Path, state: ClientState) -> None:
     try:
         save_file({k: v.contiguous() for k, v in state.local.items()}, str(tmp / STATE_FILES[0]))
         save_file({k: v.contiguous() for k, v in state.head.items()}, str(tmp / STATE_FILES[1]))
-        (tmp / STATE_FILES[2]).write_text(json.dumps({"labels": state.labels,
-                                                      "rounds-trained": state.rounds_trained}))
+        (tmp / STATE_FILES[2]).write_text(json.dumps({"labels": state.labels, "rounds-trained": state.rounds_trained,
+                                                      "last-round": state.last_round}))
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             os.replace(path, old)
@@ -66,4 +73,31 @@ def load_state_dir(path: Path) -> ClientState | None:
         head=load_file(str(path / STATE_FILES[1])),
         labels=list(meta["labels"]),
         rounds_trained=int(meta["rounds-trained"]),
+        last_round=int(meta.get("last-round", 0)),
     )
+
+
+def _snapshots(mirror: Path) -> dict[int, Path]:
+    """The mirror's snapshots by round (a snapshot interrupted mid-swap counts as its round)."""
+    found = {}
+    for path in Path(mirror).glob("round-*") if Path(mirror).is_dir() else []:
+        if path.is_dir() and path.name.removeprefix("round-").isdigit():
+            found[int(path.name.removeprefix("round-"))] = path
+    for path in Path(mirror).glob(".round-*.old") if Path(mirror).is_dir() else []:
+        round_ = path.name.removeprefix(".round-").removesuffix(".old")
+        if round_.isdigit():
+            found.setdefault(int(round_), path.with_name(f"round-{round_}"))
+    return found
+
+
+def save_snapshot(mirror: Path, state: ClientState) -> None:
+    """Mirror `state` as the snapshot of its round; only the newest KEEP_SNAPSHOTS are kept."""
+    save_state_dir(Path(mirror) / f"round-{state.last_round}", state)
+    for round_ in sorted(_snapshots(mirror))[:-KEEP_SNAPSHOTS]:
+        shutil.rmtree(Path(mirror) / f"round-{round_}", ignore_errors=True)
+
+
+def load_snapshot(mirror: Path, before_round: int) -> ClientState | None:
+    """The newest mirrored state trained before server round `before_round`, or None."""
+    earlier = [r for r in _snapshots(mirror) if r < before_round]
+    return load_state_dir(Path(mirror) / f"round-{max(earlier)}") if earlier else None

@@ -90,6 +90,8 @@ RULES: dict[str, Rule] = {
     "method": one_of(lambda: METHODS),
     "num-rounds": positive,
     "output-dir": absolute_or_empty,
+    "resume-from": absolute_or_empty,
+    "client-state-dir": absolute_or_empty,
     "lora.rank": positive,
     "lora.alpha": positive,
     "lora.dropout": unit_interval,

@@ -40,6 +40,9 @@ _EVAL_SIZE = _EVAL + NUM_EXAMPLES
 # Train-message config flag: evaluate the received aggregate before training and report it in the
 # reply (one message per client and round; see feddat_flwr.flower.strategy).
 EVALUATE_FIRST = "evaluate-first"
+# Train- and evaluate-message config: the run's stable key (results.json info "run-key"), which a
+# resumed run keeps; clients key their mirrored state by it, not by Flower's run id.
+RUN_KEY = "run-key"
 
 Metrics = Mapping[str, float | int]
 

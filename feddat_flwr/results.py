@@ -105,9 +105,11 @@ def plot_accuracy(rounds: list[RoundRecord], path: Path) -> None:
 class RunRecorder:
     """Keeps results.json and accuracy.png up to date after every round."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], info: dict[str, Any]):
+    def __init__(self, run_dir: Path, config: dict[str, Any], info: dict[str, Any], *,
+                 results: Results | None = None):
+        """A new run's recorder, or, given the `results` of an interrupted run, one that goes on."""
         self.run_dir = run_dir
-        self.results = Results(config, info)
+        self.results = results if results is not None else Results(config, info)
         self.write()
 
     def add_round(self, record: RoundRecord) -> None:

@@ -1,7 +1,13 @@
 """Real federated runs: `flwr run` on a private simulation SuperLink, Ray actors, tiny ViLT."""
 
+import contextlib
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from datasets import Dataset, DatasetDict, Image as DatasetImage
@@ -14,10 +20,12 @@ from transformers import ViltModel
 from feddat_flwr.config import load_config
 from feddat_flwr.flower.privacy import accountant_for
 from feddat_flwr.tools.launch import run_simulation
+from feddat_flwr.tools.superlink import APP_DIR, free_port, stop_process, submit_run, tool_env, wait_for_port
+from feddat_flwr.tools.superlink import write_flwr_home
 
 
 # The 2-round federation of 3 clients the tests below vary (a hostile client, DP).
-BASE = {"num-rounds": 2, "data.max-train": 48, "data.max-test": 24, "train.batch-size": 16,
+BASE = {"num-rounds": 4, "data.max-train": 48, "data.max-test": 24, "train.batch-size": 16,
         "strategy.weighting": "uniform"}
 
 
@@ -39,8 +47,8 @@ def honest_run(tmp_path_factory, tiny_model_dir):
 def test_two_round_federation_writes_complete_results(honest_run, tiny_model_dir):
     out, results = honest_run
     assert results["config"]["strategy"]["weighting"] == "uniform"
-    assert results["config"]["num-rounds"] == 2
-    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert results["config"]["num-rounds"] == 4
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3, 4]
     for record in results["rounds"]:
         assert set(record["clients"]) == {"0", "1", "2"}
         for client in record["clients"].values():
@@ -50,7 +58,7 @@ def test_two_round_federation_writes_complete_results(honest_run, tiny_model_dir
         assert set(record["eval"]) == {"dat", "shared", "local", "majority"}
         # one adapter per client each way; the last round adds the final evaluation's
         assert record["bytes-up"] > 0
-        assert record["bytes-down"] == record["bytes-up"] * (2 if record["round"] == 2 else 1)
+        assert record["bytes-down"] == record["bytes-up"] * (2 if record["round"] == 4 else 1)
         assert record["failures"] == [] and record["seconds"] > 0
         assert all(c["update-norm"] > 0 for c in record["clients"].values())
         assert "privacy" not in record
@@ -124,7 +132,7 @@ def test_a_client_sending_nan_is_dropped_and_the_others_learn_as_without_it(tmp_
 
 @pytest.mark.e2e
 def test_central_dp_records_epsilon_clipping_and_stops_at_the_target_epsilon(tmp_path_factory, tiny_model_dir):
-    """central-fixed with a target epsilon between that of 2 and of 3 releases: the run of 3 rounds
+    """central-fixed with a target epsilon between that of 2 and of 3 releases: the run of 4 rounds
     ends cleanly after round 2, with the privacy account of each round and the last released adapter."""
     reference = accountant_for(load_config({"privacy.target-delta": 1e-5}).privacy, population=3)
     event = GaussianPrivacyEvent(noise_multiplier=0.8, sample_size=3, population_size=3)
@@ -133,7 +141,7 @@ def test_central_dp_records_epsilon_clipping_and_stops_at_the_target_epsilon(tmp
         reference.compose(event)
         epsilons.append(reference.get_privacy_spent().epsilon)
     out, results = _simulate(tmp_path_factory, tiny_model_dir, "dp", **{
-        "num-rounds": 3, "privacy.mode": "central-fixed", "privacy.noise-multiplier": 0.8,
+        "privacy.mode": "central-fixed", "privacy.noise-multiplier": 0.8,
         "privacy.clipping-norm": 0.05, "privacy.target-epsilon": (epsilons[1] + epsilons[2]) / 2})
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     assert results["stopped"].startswith("privacy budget") and results["final"] == results["rounds"][-1]["eval"]
@@ -148,3 +156,67 @@ def test_central_dp_records_epsilon_clipping_and_stops_at_the_target_epsilon(tmp
     assert results["rounds"][0]["privacy"]["clipped-share"] == 1.0  # 0.05 is below a round's update
     adapter = load_file(str(out / "shared-adapter" / "adapter_model.safetensors"))
     assert all(torch.isfinite(t).all() for t in adapter.values())
+
+
+def _crash_after_checkpoint(tiny_model_dir, config, work, num_clients=3, timeout=300.0) -> int:
+    """Start the app on a private simulation SuperLink and SIGKILL the SuperLink and everything
+    it started (the ServerApp, Ray) as soon as a checkpoint of round 2 or later exists; the round
+    of the checkpoint the crash left."""
+    port = free_port()
+    env = tool_env(work / "flwr-home")
+    write_flwr_home(work / "flwr-home", f"127.0.0.1:{port}")
+    latest = Path(config["output-dir"]) / "checkpoint" / "latest.json"
+    with open(work / "superlink.log", "w") as log:
+        superlink = subprocess.Popen(
+            [str(Path(sys.executable).with_name("flower-superlink")), "--insecure", "--simulation", "--host",
+             "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation"],
+            env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_port(port, superlink, 60, work / "superlink.log")
+            submit_run(APP_DIR, config, work / "run-config.toml", env, "--federation-config",
+                       f"num-supernodes={num_clients} client-resources-num-cpus=1")
+            deadline = time.monotonic() + timeout
+            while not (latest.is_file() and json.loads(latest.read_text())["round"] >= 2):
+                assert time.monotonic() < deadline, "no checkpoint of round 2"
+                time.sleep(0.1)
+            tree = [psutil.Process(superlink.pid), *psutil.Process(superlink.pid).children(recursive=True)]
+            for proc in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            psutil.wait_procs(tree, timeout=10)
+        finally:
+            stop_process(superlink, grace=1)
+    return json.loads(latest.read_text())["round"]
+
+
+@pytest.mark.e2e
+def test_a_run_killed_after_round_2_resumes_and_ends_as_if_never_stopped(honest_run, tmp_path_factory,
+                                                                         tiny_model_dir):
+    """The honest 4-round run, killed (SIGKILL of the SuperLink, the ServerApp and Ray) once round 2
+    is checkpointed, then resumed with resume-from: 4 rounds in results.json, and the rounds after
+    the checkpoint have the uninterrupted run's figures (same seed, one machine)."""
+    root = tmp_path_factory.mktemp("resumed")
+    out, state = root / "run", root / "client-state"
+    config = {"model.name-or-path": tiny_model_dir, **BASE, "output-dir": str(out), "client-state-dir": str(state)}
+    (root / "first").mkdir()
+    checkpointed = _crash_after_checkpoint(tiny_model_dir, config, root / "first")
+    assert checkpointed in (2, 3)
+    outcome = run_simulation({**config, "resume-from": str(out)}, num_clients=3, work_dir=root / "second",
+                             timeout=600, stream=False)
+    assert outcome.status == "finished:completed"
+    resumed, reference = json.loads((out / "results.json").read_text()), honest_run[1]
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
+    assert resumed["info"]["resumed-after-rounds"] == [checkpointed]
+    assert resumed["info"]["run-key"] == json.loads((out / "checkpoint" / "latest.json").read_text())["run-key"]
+    for record, expected in zip(resumed["rounds"], reference["rounds"]):
+        assert record["lr"] == expected["lr"]
+        for pid, client in record["clients"].items():
+            same = expected["clients"][pid]
+            # bit-identical: replies are aggregated in partition order, whatever order they arrived in
+            assert client["update-norm"] == same["update-norm"], (record["round"], pid)
+            assert client["train"]["loss"] == same["train"]["loss"] and client["eval"] == same["eval"]
+    assert resumed["final"] == reference["final"]
+    resumed_adapter = load_file(str(out / "shared-adapter" / "adapter_model.safetensors"))
+    reference_adapter = load_file(str(honest_run[0] / "shared-adapter" / "adapter_model.safetensors"))
+    for key, tensor in reference_adapter.items():
+        assert torch.equal(resumed_adapter[key], tensor), key

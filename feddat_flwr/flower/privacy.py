@@ -122,3 +122,19 @@ def with_privacy(strategy: FedDAT, privacy_cfg, num_sampled_clients: int, popula
 
     strategy.privacy_account = account
     return wrapper
+
+
+def privacy_state(runner: Strategy) -> dict:
+    """What a checkpoint keeps of a DP wrapper: its accountant and its current clipping norm
+    (adapted every round in central-adaptive); {} without privacy."""
+    accountant = getattr(runner, "accountant", None)
+    if accountant is None:
+        return {}
+    return {"accountant": accountant.state_dict(), "clipping-norm": runner.clipping_norm}
+
+
+def restore_privacy(runner: Strategy, state: dict) -> None:
+    """A resumed run's DP wrapper continues from the checkpoint's account and clipping norm."""
+    if state:
+        runner.accountant.load_state_dict(state["accountant"])
+        runner.clipping_norm = float(state["clipping-norm"])

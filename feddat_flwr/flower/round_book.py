@@ -25,7 +25,7 @@ import numpy as np
 from flwr.app import Message, MessageType
 from flwr.common.logger import log
 
-from feddat_flwr.records import EvalReport, Failure, RoundRecord, TrainReport
+from feddat_flwr.records import PARTITION_ID, EvalReport, Failure, RoundRecord, TrainReport
 from feddat_flwr.robustness import norm_outliers, update_norm, update_problem
 
 
@@ -46,7 +46,7 @@ class RoundBook:
         self.min_valid_replies = min_valid_replies
         self.current: RoundRecord | None = None
         self.held: RoundRecord | None = None  # the previous round, awaiting its evaluations
-        self._held_seconds = 0.0
+        self.held_seconds = 0.0
         self._sent: list[Message] = []
         self._global: dict[str, np.ndarray] = {}
         self._phase: str | None = None  # the message type of the batch last sent
@@ -67,19 +67,19 @@ class RoundBook:
     def hold(self) -> None:
         """The current round is aggregated; its evaluations come with the next round's replies."""
         self.held, self.current = self.current, None
-        self._held_seconds = time.perf_counter() - self._start
+        self.held_seconds = time.perf_counter() - self._start
 
     def reopen_held(self) -> None:
         """The held round becomes the current one again (to be evaluated by evaluate messages)."""
         self.current, self.held = self.held, None
         self._sent = []
-        self._start = time.perf_counter() - self._held_seconds
+        self._start = time.perf_counter() - self.held_seconds
 
     def close_held(self) -> RoundRecord | None:
         """The held round's finished record (None if no round is held)."""
         record, self.held = self.held, None
         if record is not None:
-            record.close(self._held_seconds)
+            record.close(self.held_seconds)
         return record
 
     # -- the Grid's view --------------------------------------------------------------------
@@ -112,6 +112,9 @@ class RoundBook:
                 stage = msg.metadata.message_type
                 log(WARNING, "Round %s %s: node %s failed: %s", self.current.round, stage, node, reason)
                 self.current.failures.append(Failure(node, stage, reason))
+        # In partition order: the aggregate is then the same sum, bit for bit, whatever the order
+        # replies arrived in (a resumed run reproduces an uninterrupted one).
+        valid.sort(key=lambda m: int(m.content["metrics"][PARTITION_ID]))
         if self._phase == MessageType.TRAIN and len(valid) < self.min_valid_replies:
             reasons = "; ".join(f"node {f.node_id}: {f.reason}" for f in self.current.failures) or "no replies"
             raise TooFewValidReplies(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import random
 import time
+import uuid
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
@@ -15,14 +16,16 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from feddat_flwr.config import load_config, to_dict
+from feddat_flwr.checkpoint import Checkpoint
+from feddat_flwr.config import flatten, load_config, to_dict
 from feddat_flwr.data.vqa_format import check_partition_count
 from feddat_flwr.flower.prompt_grid import PromptGrid
-from feddat_flwr.flower.privacy import with_privacy
+from feddat_flwr.flower.privacy import privacy_state, restore_privacy, with_privacy
 from feddat_flwr.flower.round_book import RoundBook, TooFewValidReplies
 from feddat_flwr.flower.strategy import strategy_for
 from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import load_backbone_for
+from feddat_flwr.records import RESULTS_FILE, Results
 from feddat_flwr.results import ADAPTER_DIR, RunRecorder, prepare_run_dir, save_adapter
 from feddat_flwr.training.schedule import round_lr
 
@@ -40,27 +43,66 @@ def _sample_size(strategy_cfg, num_nodes: int) -> int:
     return max(int(num_nodes * strategy_cfg["fraction-train"]), strategy_cfg["min-train-clients"])
 
 
+def _differences(before: dict, now: dict) -> list[str]:
+    """The settings (flat keys) in which a resumed run's config differs from the interrupted run's."""
+    ignored = {"resume-from", "output-dir"}
+    a, b = flatten(before), flatten(now)
+    return sorted(k for k in set(a) | set(b) if k not in ignored and a.get(k) != b.get(k))
+
+
+def _resume(cfg) -> tuple[Path, Checkpoint, Results]:
+    """The interrupted run to continue: its directory, checkpoint and results (cut back to the
+    rounds before the checkpoint's). Clear errors for a missing checkpoint, a changed setting or a
+    run that already finished."""
+    run_dir = Path(cfg["resume-from"])
+    checkpoint = Checkpoint.load(run_dir)
+    results = Results.load(run_dir)
+    if results is None:
+        raise ValueError(f"resume-from {str(run_dir)!r} has a checkpoint but no readable {RESULTS_FILE}.")
+    changed = _differences(results.config, to_dict(cfg))
+    if changed:
+        raise ValueError(f"resume-from {str(run_dir)!r}: the run config differs from the interrupted run's in "
+                         f"{changed}; resume with the same settings.")
+    if checkpoint.round >= cfg["num-rounds"]:
+        raise ValueError(f"resume-from {str(run_dir)!r}: the run already did all {cfg['num-rounds']} rounds.")
+    results.rounds = [r for r in results.rounds if r.round < checkpoint.round]
+    results.stopped = None
+    return run_dir, checkpoint, results
+
+
 def run_server(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
     if cfg.data["path"]:  # simulation: one client dataset per SuperNode, checked before training
         check_partition_count(Path(cfg.data["path"]), len(_wait_for_nodes(grid, 1)))
+    checkpoint = None
+    if cfg["resume-from"]:
+        run_dir, checkpoint, previous = _resume(cfg)
+        log(INFO, "Resuming %s after round %s (run key %s)", run_dir, checkpoint.round, checkpoint.run_key)
+    else:
+        run_dir = prepare_run_dir(cfg["output-dir"], context.run_id)
+        log(INFO, "FedDAT run directory: %s", run_dir)
     random.seed(cfg["seed"])  # Flower samples clients with `random`
-    run_dir = prepare_run_dir(cfg["output-dir"], context.run_id)
-    log(INFO, "FedDAT run directory: %s", run_dir)
+    run_key = checkpoint.run_key if checkpoint else uuid.uuid4().hex[:16]
 
     # Builds the default model once, before any client starts; the server only needs the adapter.
     backbone = load_backbone_for(cfg, device="cpu")
     method = get_method(cfg["method"])
     initial = backbone.initial_adapter(cfg["seed"]) if method.communicates else {}
-    info = {
-        "model-path": backbone.name_or_path,
-        "adapter-bytes": backbone.adapter_num_bytes(),
-        "backbone-bytes": backbone.backbone_num_bytes(),
-        "flwr": flwr.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    recorder = RunRecorder(run_dir, to_dict(cfg), info)
+    if checkpoint:
+        recorder = RunRecorder(run_dir, previous.config, previous.info, results=previous)
+        recorder.results.info["resumed-after-rounds"] = [*previous.info.get("resumed-after-rounds", []),
+                                                         checkpoint.round]
+        initial = checkpoint.adapter
+    else:
+        recorder = RunRecorder(run_dir, to_dict(cfg), {
+            "run-key": run_key,
+            "model-path": backbone.name_or_path,
+            "adapter-bytes": backbone.adapter_num_bytes(),
+            "backbone-bytes": backbone.backbone_num_bytes(),
+            "flwr": flwr.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        })
     book = RoundBook(initial.keys(), max_update_ratio=cfg.strategy["max-update-norm"],
                      min_valid_replies=cfg.strategy["min-valid-replies"])
     num_rounds = cfg["num-rounds"]
@@ -75,33 +117,42 @@ def run_server(grid: Grid, context: Context) -> None:
         min_train_nodes=cfg.strategy["min-train-clients"],
         min_available_nodes=cfg.strategy["min-available-clients"],
         on_round_end=recorder.add_round,
+        run_key=run_key,
     )
     runner = strategy
     if cfg.privacy["mode"] != "none":
         # Flower's DP wrappers calibrate the noise to a fixed number of clients per round.
         population = len(_wait_for_nodes(grid, cfg.strategy["min-available-clients"]))
         runner = with_privacy(strategy, cfg.privacy, _sample_size(cfg.strategy, population), population)
+    if checkpoint:
+        strategy.resume(checkpoint.round, checkpoint.held, checkpoint.held_seconds)
+        random.setstate(checkpoint.rng_state)
+        restore_privacy(runner, checkpoint.privacy)
+
+    def save_checkpoint(server_round: int) -> None:
+        Checkpoint(run_key, server_round, strategy.latest_arrays.to_torch_state_dict(), book.held,
+                   book.held_seconds, random.getstate(), privacy_state(runner)).save(run_dir)
+
+    strategy.on_aggregated = save_checkpoint
     prompt_grid = PromptGrid(grid, book=book)  # replies collected within ~50 ms, not Flower's 3-s polls
     try:
-        result = runner.start(
+        runner.start(
             grid=prompt_grid,
             initial_arrays=ArrayRecord(initial),
-            num_rounds=num_rounds,
+            num_rounds=num_rounds - strategy.offset,
             train_config=ConfigRecord(),
             evaluate_config=ConfigRecord(),
         )
-        final = result.arrays
     except PrivacyBudgetExhausted as exc:  # a clean stop: the last released adapter, evaluated
         log(WARNING, "Stopping before round %s: %s", book.current.round, exc)
         strategy.evaluate_held(prompt_grid)
         recorder.stop(f"privacy budget: {exc}")
-        final = strategy.latest_arrays
     except TooFewValidReplies as exc:
         strategy.close_held()
         recorder.stop(str(exc), book.close())
         log(ERROR, "Run stopped: %s", exc)
         raise
     if method.communicates:
-        save_adapter(run_dir / ADAPTER_DIR, final.to_torch_state_dict(),
+        save_adapter(run_dir / ADAPTER_DIR, strategy.latest_arrays.to_torch_state_dict(),
                      backbone.lora.peft_config(backbone.name_or_path))
     log(INFO, "%s finished: results in %s", cfg["method"], run_dir)

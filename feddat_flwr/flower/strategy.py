@@ -21,6 +21,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from feddat_flwr.flower.round_book import RoundBook
 from feddat_flwr.records import (
     EVALUATE_FIRST,
+    RUN_KEY,
     VARIANTS,
     WEIGHT_KEYS,
     EvalReport,
@@ -61,6 +62,8 @@ class FedDAT(FedAvg):
         min_train_nodes: int,
         min_available_nodes: int,
         on_round_end: Callable[[RoundRecord], None] | None = None,
+        on_aggregated: Callable[[int], None] | None = None,
+        run_key: str = "",
         **aggregation_options,
     ):
         if weighting not in WEIGHT_KEYS:
@@ -81,6 +84,9 @@ class FedDAT(FedAvg):
         self.lr_for_round = lr_for_round
         self.eval_every = eval_every
         self.on_round_end = on_round_end
+        self.on_aggregated = on_aggregated  # called with each aggregated round (the checkpoint)
+        self.run_key = run_key
+        self.offset = 0  # rounds done before this ServerApp started (a resumed run)
         self.history: list[RoundRecord] = []
         self.privacy_account: PrivacyAccount | None = None  # set when a DP wrapper drives this strategy
         self.latest_arrays: ArrayRecord | None = None  # the global adapter of the round in progress
@@ -89,26 +95,36 @@ class FedDAT(FedAvg):
     def is_eval_round(self, server_round: int) -> bool:
         return server_round % self.eval_every == 0 or server_round == self.num_rounds
 
+    def resume(self, rounds_done: int, held: RoundRecord | None, held_seconds: float) -> None:
+        """Continue a run after its round `rounds_done`: Flower's round 1 is round rounds_done + 1."""
+        self.offset = rounds_done
+        self.book.held, self.book.held_seconds = held, held_seconds
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         lr = self.lr_for_round(server_round)
         self.book.begin(server_round, lr)
         self.latest_arrays = arrays
         self._clipping_norm = float(config.get(KEY_CLIPPING_NORM, 0.0))  # set by a DP wrapper
         evaluate_first = server_round > 1 and self.is_eval_round(server_round - 1)
-        config = ConfigRecord({**config, "lr": lr, EVALUATE_FIRST: evaluate_first})
+        config = ConfigRecord({**config, "lr": lr, EVALUATE_FIRST: evaluate_first, RUN_KEY: self.run_key})
         return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
+        self.latest_arrays = arrays  # this round's aggregate
         if server_round != self.num_rounds:  # earlier aggregates are evaluated with the next train message
             return []
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        return super().configure_evaluate(server_round, arrays, ConfigRecord({**config, RUN_KEY: self.run_key}),
+                                          grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Flower calls this at the end of every round (with replies in the last round only): the
         previous round's record, now evaluated, is closed; this round's is held for the
         evaluations the next round's train replies bring, or closed if it is the last."""
+        server_round += self.offset
         metrics = super().aggregate_evaluate(server_round, replies)
         previous = self.book.close_held()
         if previous is not None:
@@ -119,6 +135,8 @@ class FedDAT(FedAvg):
             self._finish(self.book.close())
         else:
             self.book.hold()
+            if self.on_aggregated is not None:
+                self.on_aggregated(server_round)
         return metrics
 
     def close_held(self) -> None:
@@ -134,7 +152,8 @@ class FedDAT(FedAvg):
             return
         self.book.reopen_held()
         server_round = self.book.current.round
-        messages = super().configure_evaluate(server_round, self.latest_arrays, ConfigRecord(), grid)
+        messages = super().configure_evaluate(server_round, self.latest_arrays,
+                                              ConfigRecord({RUN_KEY: self.run_key}), grid)
         super().aggregate_evaluate(server_round, grid.send_and_receive(messages))
         self._finish(self.book.close())
 

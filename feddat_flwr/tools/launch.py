@@ -5,6 +5,7 @@ the run failed. This launcher gives each run its own SuperLink (private FLWR_HOM
 streams the run's log, judges the run by its final status and stops everything it started.
 
     python -m feddat_flwr.tools.launch --clients 5 --output-dir outputs/my-run -c num-rounds=3
+    python -m feddat_flwr.tools.launch --clients 5 -c num-rounds=3 -c resume-from=$PWD/outputs/my-run
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def run_simulation(
     timeout: float = 3600,
     stream: bool = True,
 ) -> Outcome:
-    """Run the app once on a private simulation SuperLink; raise RunFailed unless it completed."""
-    work = Path(work_dir or tempfile.mkdtemp(prefix="feddat-flwr-"))
+    """Run the app once on a private simulation SuperLink; raise RunFailed unless it completed.
+    The simulated clients mirror their private state under <work_dir>/client-state unless the run
+    config names a `client-state-dir` (so that the run can be resumed with `resume-from`)."""
+    work = Path(work_dir or tempfile.mkdtemp(prefix="feddat-flwr-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    run_config = {"client-state-dir": str(work / "client-state"), **run_config}
     port = free_port()
     env = tool_env(work / "flwr-home")
     write_flwr_home(work / "flwr-home", f"127.0.0.1:{port}")
@@ -104,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unwind_on_sigterm()
     overrides = dict(args.config)
-    out = args.output_dir or Path(overrides.get("output-dir") or Path("outputs") / time.strftime("%Y%m%d-%H%M%S"))
+    # A resumed run goes on in the interrupted run's directory (and its work directory, with the
+    # clients' mirrored state).
+    out = args.output_dir or Path(overrides.get("resume-from") or overrides.get("output-dir")
+                                  or Path("outputs") / time.strftime("%Y%m%d-%H%M%S"))
     overrides["output-dir"] = str(out.resolve())
     try:
         outcome = run_simulation(overrides, num_clients=args.clients, cpus_per_client=args.cpus,
