@@ -7,7 +7,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 import client_app
 from feddat_flwr.model.backbone import load_backbone_for
 from feddat_flwr.flower.state import LOCAL_KEY, mirror_dir, read_state, restore_state
-from feddat_flwr.records import EVALUATE_FIRST, EvalReport, TrainReport
+from feddat_flwr.records import EVALUATE_FIRST, RUN_KEY, EvalReport, TrainReport
 
 
 @pytest.fixture()
@@ -86,21 +86,27 @@ def test_bad_partition_id_is_a_clear_error(context):
         client_app.train(_message("train", {}, 1), context)
 
 
-def test_state_is_mirrored_and_restored_after_a_restart(context, tiny_cfg, tmp_path):
+def test_state_is_mirrored_per_round_and_restored_after_a_restart(context, tiny_cfg, tmp_path):
     context.node_config["state-dir"] = str(tmp_path / "node-state")
     global_adapter = load_backbone_for(tiny_cfg()).initial_adapter(0)
-    client_app.train(_message("train", global_adapter, 1), context)
-    mirrored = tmp_path / "node-state" / "run-1"
-    assert sorted(p.name for p in mirrored.iterdir()) == ["head.safetensors", "local-adapter.safetensors",
-                                                          "meta.json"]
+    key = {RUN_KEY: "key-a"}
+    client_app.train(_message("train", global_adapter, 1, **key), context)
+    mirror = mirror_dir(context.node_config, "key-a")
+    assert mirror == tmp_path / "node-state" / "run-key-a"
+    assert sorted(p.name for p in (mirror / "round-1").iterdir()) == ["head.safetensors",
+                                                                     "local-adapter.safetensors", "meta.json"]
     before = read_state(context.state)
     # A restarted SuperNode: same node config, empty context.state.
-    restarted = Context(run_id=1, node_id=5, node_config=dict(context.node_config), state=RecordDict(),
-                        run_config=context.run_config)
-    restored = restore_state(restarted.state, mirror_dir(restarted.node_config, 1))
-    assert restored.rounds_trained == 1 and restored.labels == before.labels
+    restarted = _fresh(context)
+    restored = restore_state(restarted.state, mirror, before_round=2)
+    assert restored.rounds_trained == 1 and restored.last_round == 1 and restored.labels == before.labels
     assert all(torch.equal(restored.local[k], before.local[k]) for k in before.local)
     assert all(torch.equal(restored.head[k], before.head[k]) for k in before.head)
-    client_app.train(_message("train", global_adapter, 2), restarted)
+    client_app.train(_message("train", global_adapter, 2, **key), restarted)
     assert read_state(restarted.state).rounds_trained == 2  # continued, not re-initialised
-    assert restore_state(RecordDict(), mirror_dir(restarted.node_config, 2)) is None  # other runs start fresh
+    client_app.train(_message("train", global_adapter, 3, **key), restarted)
+    assert sorted(p.name for p in mirror.iterdir()) == ["round-2", "round-3"]  # the newest two
+    # A run resumed from the server's checkpoint of round 2 re-sends round 3: the client starts
+    # from its state after round 2, although it had trained round 3 already.
+    assert restore_state(RecordDict(), mirror, before_round=3).last_round == 2
+    assert restore_state(RecordDict(), mirror_dir(context.node_config, "key-b"), before_round=2) is None

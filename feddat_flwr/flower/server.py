@@ -38,6 +38,11 @@ def _wait_for_nodes(grid: Grid, at_least: int, wait: float = 60.0) -> list[int]:
     return nodes
 
 
+def _check_client_datasets(grid: Grid, data_path: str) -> None:
+    """With a run-config data.path (simulation), one client dataset per SuperNode, before training."""
+    check_partition_count(Path(data_path), len(_wait_for_nodes(grid, 1)))
+
+
 def _sample_size(strategy_cfg, num_nodes: int) -> int:
     """How many clients FedAvg's `configure_train` samples from `num_nodes` (as Flower computes it)."""
     return max(int(num_nodes * strategy_cfg["fraction-train"]), strategy_cfg["min-train-clients"])
@@ -72,8 +77,8 @@ def _resume(cfg) -> tuple[Path, Checkpoint, Results]:
 
 def run_server(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
-    if cfg.data["path"]:  # simulation: one client dataset per SuperNode, checked before training
-        check_partition_count(Path(cfg.data["path"]), len(_wait_for_nodes(grid, 1)))
+    if cfg.data["path"]:
+        _check_client_datasets(grid, cfg.data["path"])
     checkpoint = None
     if cfg["resume-from"]:
         run_dir, checkpoint, previous = _resume(cfg)
