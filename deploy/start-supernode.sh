@@ -17,7 +17,7 @@
 #                       (required without DATA_PATH)
 #   NUM_PARTITIONS      number of clients (required without DATA_PATH)
 #   STATE_DIR           where the client's private state (local adapter, head) is mirrored after
-#                       every round, <STATE_DIR>/run-<run id>; a restarted SuperNode resumes from
+#                       every round, <STATE_DIR>/run-<run key>/round-<r>; a restarted SuperNode resumes from
 #                       it. Keep it on a volume. [state]
 #   CERTS_DIR           directory holding ca.crt (and this node's key) [certs]
 #   SUPERNODE_KEY       this node's private key [$CERTS_DIR/supernode-$PARTITION_ID.key] (required

@@ -47,6 +47,12 @@ def _run_config(tiny_model_dir: str, out: Path, num_rounds: int, **extra) -> dic
             "output-dir": str(out), **extra}
 
 
+def _mirrored_meta(state_dir: Path, out: Path, server_round: int) -> dict:
+    """A node's mirrored state after `server_round`, under the run key results.json names."""
+    run_key = json.loads((out / "results.json").read_text())["info"]["run-key"]
+    return json.loads((state_dir / f"run-{run_key}" / f"round-{server_round}" / "meta.json").read_text())
+
+
 def _rounds(out: Path) -> list[dict]:
     path = out / "results.json"
     return json.loads(path.read_text())["rounds"] if path.exists() else []
@@ -73,7 +79,7 @@ def test_supernode_with_unregistered_key_is_refused(deployment: LocalDeployment,
 
 def test_two_rounds_with_three_supernodes(deployment: LocalDeployment, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    run_id, status = deployment.run(_run_config(tiny_model_dir, out, 2), timeout=600)
+    _, status = deployment.run(_run_config(tiny_model_dir, out, 2), timeout=600)
     assert status == "finished:completed"
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [1, 2]
@@ -83,8 +89,7 @@ def test_two_rounds_with_three_supernodes(deployment: LocalDeployment, tiny_mode
         assert record["failures"] == []
     assert set(rounds[-1]["eval"]) == {"dat", "shared", "local", "majority"}
     for i in range(NUM_NODES):  # every node mirrored its state for this run
-        meta = json.loads((deployment.state_dir(i) / f"run-{run_id}" / "meta.json").read_text())
-        assert meta["rounds-trained"] == 2
+        assert _mirrored_meta(deployment.state_dir(i), out, 2)["rounds-trained"] == 2
 
 
 def _wait_until(condition, deadline: float, what: str) -> None:
@@ -121,8 +126,7 @@ def test_restarted_supernode_resumes_its_local_state(deployment: LocalDeployment
     assert [[f["stage"] for f in r["failures"]] for r in rounds] == [[], ["train"], []]
     node_id = rounds[0]["clients"]["0"]["node-id"]
     assert rounds[2]["clients"]["0"]["node-id"] == node_id  # same key, same node
-    meta = json.loads((deployment.state_dir(0) / f"run-{run_id}" / "meta.json").read_text())
-    assert meta["rounds-trained"] == 2
+    assert _mirrored_meta(deployment.state_dir(0), out, 3)["rounds-trained"] == 2
     assert set(rounds[2]["clients"]["0"]["eval"]) >= {"dat", "local"}
 
 
