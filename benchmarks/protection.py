@@ -132,12 +132,15 @@ def main() -> int:
     parser.add_argument("--clipping-norm", type=float, default=0.5)
     parser.add_argument("--scale", type=float, default=10.0)
     parser.add_argument("--tight-norm", type=float, default=3.0)
+    parser.add_argument("--only", nargs="+", metavar="SETTING", help="run and report only these settings (labels)")
     parser.add_argument("--summary-only", action="store_true")
     add_overrides(parser, "run-config override for every cell, repeatable")
     args = parser.parse_args()
     args.out = args.out.resolve()  # output-dir must be absolute
     unwind_on_sigterm()
     cells = (privacy_cells if args.study == "privacy" else robustness_cells)(args)
+    if args.only:
+        cells = {label: config for label, config in cells.items() if label in args.only}
     common = {**dict(args.config), "preset": args.preset, "method": "feddat", "strategy.weighting": "uniform"}
     grid = [(f"{label} seed {s}", args.out / _slug(label) / f"seed-{s}", {**common, **config, "seed": s})
             for s in args.seeds for label, config in cells.items()]
