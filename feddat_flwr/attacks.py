@@ -9,10 +9,11 @@ named like the private head.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
+
+from feddat_flwr.robustness import update_norm
 
 Arrays = Mapping[str, np.ndarray]
 Attack = Callable[[Arrays, Arrays, float, np.random.Generator], dict[str, np.ndarray]]
@@ -24,9 +25,9 @@ def nan_update(sent: Arrays, reply: Arrays, scale: float, rng: np.random.Generat
 
 def scaled_random(sent: Arrays, reply: Arrays, scale: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A Gaussian direction, scaled to `scale` times the norm of the honest update."""
-    honest = math.sqrt(sum(float(np.sum((reply[k] - v) ** 2)) for k, v in sent.items())) or 1.0
+    honest = update_norm(sent, reply) or 1.0
     noise = {k: rng.standard_normal(v.shape) for k, v in sent.items()}
-    norm = math.sqrt(sum(float(np.sum(n ** 2)) for n in noise.values()))
+    norm = update_norm({k: np.zeros_like(n) for k, n in noise.items()}, noise)
     return {k: (v + noise[k] * (scale * honest / norm)).astype(v.dtype) for k, v in sent.items()}
 
 

@@ -10,6 +10,7 @@ reads sections as attributes and every key with item access (most keys have hyph
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -214,9 +215,16 @@ def load_config(run_config: Mapping[str, Any] | None = None) -> DictConfig:
 
     `run_config` is Flower's run config (flat dotted keys); empty-string values mean
     "from conf/". A `preset` names a file in conf/presets/ applied before the overrides.
+    Resolved once per distinct run config and process (a ClientApp resolves it for every message,
+    in its handler and in each mod); the result is read-only, so it is shared.
     """
+    return _resolve(tuple(sorted(dict(run_config or {}).items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(run_config: tuple[tuple[str, Any], ...]) -> DictConfig:
     flat = flatten(OmegaConf.load(CONF_DIR / "base.yaml"))
-    overrides = {k: v for k, v in dict(run_config or {}).items() if v != FROM_CONF}
+    overrides = {k: v for k, v in run_config if v != FROM_CONF}
     for key in overrides:
         if key not in flat:
             raise _unknown_key(key, sorted(flat), "the run config")
