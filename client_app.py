@@ -6,14 +6,19 @@ when given) and never goes into a reply. The mods (feddat_flwr/flower/mods.py) c
 update under privacy.mode and, for robustness evaluation only, make attack.partitions hostile.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from logging import DEBUG
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from feddat_flwr.client import client_for, evaluate_client, train_client
 from feddat_flwr.config import load_config
 from feddat_flwr.flower.mods import attack_mod, privacy_mod
+from feddat_flwr.packing import pack, unpack
 from feddat_flwr.flower.state import mirror_dir, persist_state, restore_state
 from feddat_flwr.records import EVALUATE_FIRST, RUN_KEY, train_reply_metrics
 
@@ -25,10 +30,19 @@ def _mirror(msg: Message, context: Context, cfg) -> Path | None:
     return mirror_dir(context.node_config, run_key, cfg["client-state-dir"])
 
 
-def _global_adapter(msg: Message) -> dict:
-    """The received global adapter (empty when the method communicates nothing)."""
+@contextmanager
+def _computing(kind: str) -> Iterator[None]:
+    """Mark the message's compute in the node's log (FLWR_LOG_LEVEL=DEBUG; benchmarks/deployment.py
+    reads it): everything else between receiving and sending is per-message overhead."""
+    log(DEBUG, "[feddat] %s compute starts", kind)
+    yield
+    log(DEBUG, "[feddat] %s compute ends", kind)
+
+
+def _global_adapter(msg: Message, backbone) -> dict:
+    """The received global adapter, unpacked (empty when the method communicates nothing)."""
     arrays = msg.content["arrays"]
-    return arrays.to_torch_state_dict() if len(arrays) else {}
+    return unpack(arrays.to_torch_state_dict(), backbone.adapter_state("shared")) if len(arrays) else {}
 
 
 @app.train()
@@ -40,16 +54,17 @@ def train(msg: Message, context: Context) -> Message:
     mirror = _mirror(msg, context, cfg)
     config = msg.content["config"]
     state = restore_state(context.state, mirror, before_round=int(config["server-round"]))
-    global_adapter = _global_adapter(msg)
-    evaluation = (evaluate_client(backbone, data, state, global_adapter, cfg)
-                  if bool(config.get(EVALUATE_FIRST, False)) else None)
-    shared, report, state = train_client(
-        backbone, data, state, global_adapter, cfg,
-        lr=float(config["lr"]), server_round=int(config["server-round"]),
-    )
+    global_adapter = _global_adapter(msg, backbone)
+    with _computing("train"):
+        evaluation = (evaluate_client(backbone, data, state, global_adapter, cfg)
+                      if bool(config.get(EVALUATE_FIRST, False)) else None)
+        shared, report, state = train_client(
+            backbone, data, state, global_adapter, cfg,
+            lr=float(config["lr"]), server_round=int(config["server-round"]),
+        )
     persist_state(context.state, mirror, state)
     metrics = MetricRecord(train_reply_metrics(report, evaluation))
-    return Message(content=RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({"arrays": ArrayRecord(pack(shared)), "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()
@@ -59,5 +74,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     backbone, data = client_for(cfg, context.node_config, context.node_id)
     server_round = int(msg.content["config"]["server-round"])  # the round whose aggregate this is
     state = restore_state(context.state, _mirror(msg, context, cfg), before_round=server_round + 1)
-    report = evaluate_client(backbone, data, state, _global_adapter(msg), cfg)
+    with _computing("evaluate"):
+        report = evaluate_client(backbone, data, state, _global_adapter(msg, backbone), cfg)
     return Message(content=RecordDict({"metrics": MetricRecord(report.to_metrics())}), reply_to=msg)

@@ -26,6 +26,10 @@
 #   SUPERNODE_HOST, SUPERNODE_PORT  the local Runtime API through which each ClientApp process
 #                       talks to this SuperNode; distinct ports for nodes on one host [127.0.0.1, 9094]
 #   FEDDAT_CACHE        cache of the default foundation model [~/.cache/feddat-flwr]
+#   FEDDAT_EXECUTOR     warm: one long-lived process runs every message of this node (imports,
+#                       model and data once); stock: Flower's fresh flwr-clientapp per message [warm]
+#   FEDDAT_NODE_POLL    cap in seconds on the SuperNode's idle waits (Flower: 3 s); 0 keeps
+#                       Flower's [0.2]   (both: feddat_flwr/flower/supernode.py, docs/deployment.md)
 #   INSECURE=1          no TLS and no authentication (local experiments only) [0]
 #   NODE_AUTH=0         TLS but no authentication key (SuperLink started with NODE_AUTH=0) [1]
 set -euo pipefail
@@ -62,4 +66,4 @@ while IFS='=' read -r key value; do
     [[ -z "$key" || "$key" == \#* ]] || export "$key=${!key:-$value}"
 done < "$(dirname "${BASH_SOURCE[0]}")/offline.env"
 
-exec flower-supernode "${args[@]}" "$@"
+exec feddat-supernode "${args[@]}" "$@"

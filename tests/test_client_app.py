@@ -6,6 +6,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import client_app
 from feddat_flwr.model.backbone import load_backbone_for
+from feddat_flwr.packing import PACKED_KEY, pack, unpack
 from feddat_flwr.flower.state import LOCAL_KEY, mirror_dir, read_state, restore_state
 from feddat_flwr.records import EVALUATE_FIRST, RUN_KEY, EvalReport, TrainReport
 
@@ -18,10 +19,16 @@ def context(tiny_cfg, tiny_model_dir, task_identity):
                    state=RecordDict(), run_config=run_config)
 
 
-def _message(kind, arrays, server_round, **config):
-    content = RecordDict({"arrays": ArrayRecord(arrays),
+def _message(kind, adapter, server_round, **config):
+    """A message as the server sends it: the adapter packed."""
+    content = RecordDict({"arrays": ArrayRecord(pack(adapter)),
                           "config": ConfigRecord({"lr": 0.01, "server-round": server_round, **config})})
     return Message(content=content, dst_node_id=5, message_type=kind)
+
+
+def _adapter(reply, layout):
+    """The shared adapter a train reply carries, unpacked."""
+    return unpack(reply.content["arrays"].to_torch_state_dict(), layout)
 
 
 def _fresh(context):
@@ -34,19 +41,19 @@ def test_one_message_per_round_reports_what_the_two_message_flow_did(context, ti
     message of the two-message flow after round 1, and its training is bit-identical."""
     global0 = load_backbone_for(tiny_cfg()).initial_adapter(0)
     two, one = context, _fresh(context)
-    global1 = client_app.train(_message("train", global0, 1), two).content["arrays"].to_torch_state_dict()
+    global1 = _adapter(client_app.train(_message("train", global0, 1), two), global0)
     evaluation = client_app.evaluate(_message("evaluate", global1, 1), two).content["metrics"]
     trained = client_app.train(_message("train", global1, 2), two)
 
-    first = client_app.train(_message("train", global0, 1), one).content["arrays"].to_torch_state_dict()
+    first = _adapter(client_app.train(_message("train", global0, 1), one), global0)
     assert all(torch.equal(first[k], global1[k]) for k in global1)
     combined = client_app.train(_message("train", global1, 2, **{EVALUATE_FIRST: True}), one)
     metrics = combined.content["metrics"]
     assert EvalReport.from_metrics(metrics) == EvalReport.from_metrics(evaluation)
     assert TrainReport.from_metrics(metrics).num_examples == TrainReport.from_metrics(trained.content["metrics"]).num_examples
     assert metrics["num-examples"] == 48  # FedAvg weights by the training size, not the test size
-    arrays, expected = combined.content["arrays"], trained.content["arrays"]
-    assert all((arrays[k].numpy() == expected[k].numpy()).all() for k in expected.keys())
+    arrays, expected = _adapter(combined, global0), _adapter(trained, global0)
+    assert all(torch.equal(arrays[k], expected[k]) for k in expected)
     assert read_state(one.state).rounds_trained == read_state(two.state).rounds_trained == 2
 
 
@@ -57,9 +64,10 @@ def test_only_the_shared_adapter_leaves_and_private_state_persists(context, tiny
 
     assert set(reply.content.keys()) == {"arrays", "metrics"}
     sent = reply.content["arrays"]
-    assert set(sent.keys()) == set(global_adapter)  # exactly the shared adapter's tensors
-    assert all(".shared." not in k and "local" not in k and "teacher" not in k for k in sent.keys())
-    assert all(a.dtype == "float32" for a in sent.values())
+    assert set(sent.keys()) == {PACKED_KEY} and sent[PACKED_KEY].dtype == "float32"
+    # exactly the shared adapter's tensors, packed
+    assert sent[PACKED_KEY].numpy().size == sum(v.numel() for v in global_adapter.values())
+    assert set(_adapter(reply, global_adapter)) == set(global_adapter)
     assert reply.content["metrics"]["partition-id"] == 1
 
     state1 = read_state(context.state)
@@ -67,14 +75,13 @@ def test_only_the_shared_adapter_leaves_and_private_state_persists(context, tiny
     local1 = {k: v.clone() for k, v in state1.local.items()}
 
     # The same node (same Context) in round 2: the local adapter continues from its state.
-    reply2 = client_app.train(_message("train", sent.to_torch_state_dict(), 2), context)
+    reply2 = client_app.train(_message("train", _adapter(reply, global_adapter), 2), context)
     state2 = read_state(context.state)
     assert state2.rounds_trained == 2
     assert any(not torch.equal(local1[k], state2.local[k]) for k in local1)
-    assert LOCAL_KEY in context.state and set(reply2.content["arrays"].keys()) == set(global_adapter)
+    assert LOCAL_KEY in context.state and set(_adapter(reply2, global_adapter)) == set(global_adapter)
 
-    evaluation = client_app.evaluate(_message("evaluate", reply2.content["arrays"].to_torch_state_dict(), 2),
-                                     context)
+    evaluation = client_app.evaluate(_message("evaluate", _adapter(reply2, global_adapter), 2), context)
     metrics = evaluation.content["metrics"]
     assert {"eval-dat", "eval-shared", "eval-local", "eval-majority"} <= set(metrics.keys())
     assert evaluation.content.array_records == {}  # evaluation sends no tensors back

@@ -13,6 +13,7 @@ from feddat_flwr.flower.round_book import RoundBook
 from feddat_flwr.flower.strategy import FedDAT
 from feddat_flwr.methods import METHODS, Method, get_method, register_method
 from feddat_flwr.model.backbone import load_backbone_for
+from feddat_flwr.packing import pack, unpack
 from feddat_flwr.training.steps import logits
 from feddat_flwr.training.losses import mkd_loss
 
@@ -84,9 +85,10 @@ def test_a_registered_method_runs_a_round_through_the_client_app_and_the_strateg
     context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 3},
                       state=RecordDict(), run_config=run_config)
     initial = load_backbone_for(cfg).initial_adapter(cfg["seed"])
-    strategy = FedDAT(book=RoundBook(initial, max_update_ratio=100.0, min_valid_replies=1), num_rounds=1, lr_for_round=lambda r: 0.01, weighting="num-examples",
+    strategy = FedDAT(book=RoundBook(pack(initial), max_update_ratio=100.0, min_valid_replies=1), num_rounds=1,
+                      lr_for_round=lambda r: 0.01, weighting="num-examples",
                       eval_every=1, fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
-    train = list(strategy.configure_train(1, ArrayRecord(initial), ConfigRecord(), OneNodeGrid()))
+    train = list(strategy.configure_train(1, ArrayRecord(pack(initial)), ConfigRecord(), OneNodeGrid()))
     strategy.book.sent(train)
     replies = strategy.book.received([client_app.train(m, context) for m in train])
     aggregate, _ = strategy.aggregate_train(1, replies)
@@ -98,5 +100,5 @@ def test_a_registered_method_runs_a_round_through_the_client_app_and_the_strateg
     assert record.failures == []
     assert {"dat-task", "shared-task", "loss"} <= set(record.clients["0"].train)
     assert 0 <= record.eval["dat"]["mean"] <= 1
-    moved = aggregate.to_torch_state_dict()
+    moved = unpack(aggregate.to_torch_state_dict(), initial)
     assert any(not torch.equal(moved[k], initial[k]) for k in initial)  # the toy step trained `shared`

@@ -295,15 +295,18 @@ def test_only_the_shared_adapter_leaves_a_client_with_its_own_dataset(tmp_path, 
     import client_app
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+    from feddat_flwr.packing import pack, unpack
+
     path = _save(tmp_path / "client", _rows(12, multi=True))
     run_config = {"model.name-or-path": tiny_model_dir, "train.batch-size": 8}
     context = Context(run_id=1, node_id=77, node_config={"data-path": str(path)}, state=RecordDict(),
                       run_config=run_config)  # no partition-id: the node id keys the client
     initial = load_backbone_for(load_config(run_config)).initial_adapter(42)
-    content = RecordDict({"arrays": ArrayRecord(initial), "config": ConfigRecord({"lr": 0.01, "server-round": 1})})
+    content = RecordDict({"arrays": ArrayRecord(pack(initial)),
+                          "config": ConfigRecord({"lr": 0.01, "server-round": 1})})
     reply = client_app.train(Message(content=content, dst_node_id=77, message_type="train"), context)
     assert set(reply.content.keys()) == {"arrays", "metrics"}
-    assert set(reply.content["arrays"].keys()) == set(initial)
+    assert set(unpack(reply.content["arrays"].to_torch_state_dict(), initial)) == set(initial)
     metrics = dict(reply.content["metrics"])
     assert metrics["partition-id"] == 77
     assert all(isinstance(v, (int, float)) for v in metrics.values())  # numbers only: no rows, no answers

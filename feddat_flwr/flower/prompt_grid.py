@@ -3,7 +3,9 @@
 Flower's HTTP grid checks for replies every 3 s, so each train or evaluate phase of a round ends
 up to 3 s after its last reply; on short rounds that is a large share of the wall time.
 `PromptGrid` wraps any Grid and polls with a short interval that backs off while nothing
-arrives (50 ms doubling to 1 s, back to 50 ms after each reply); everything else is delegated.
+arrives (50 ms doubling to 100 ms, back to 50 ms after each reply; a poll is one small request
+to the SuperLink, or an in-memory look-up in a simulation, where Flower's own grid polls every
+100 ms); everything else is delegated.
 Given a `RoundBook`, it shows the book every message it sends and returns only the replies the
 book accepts.
 """
@@ -22,7 +24,7 @@ from feddat_flwr.flower.round_book import RoundBook
 
 class PromptGrid(Grid):
     def __init__(self, grid: Grid, *, book: RoundBook | None = None, first_wait: float = 0.05,
-                 longest_wait: float = 1.0):
+                 longest_wait: float = 0.1):
         if not 0 < first_wait <= longest_wait:
             raise ValueError(f"need 0 < first_wait <= longest_wait, got {first_wait} and {longest_wait}")
         self._grid = grid

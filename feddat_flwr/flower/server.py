@@ -25,6 +25,7 @@ from feddat_flwr.flower.round_book import RoundBook, TooFewValidReplies
 from feddat_flwr.flower.strategy import strategy_for
 from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import load_backbone_for
+from feddat_flwr.packing import pack, unpack
 from feddat_flwr.records import RESULTS_FILE, Results
 from feddat_flwr.results import ADAPTER_DIR, RunRecorder, prepare_run_dir, save_adapter
 from feddat_flwr.training.schedule import round_lr
@@ -108,7 +109,11 @@ def run_server(grid: Grid, context: Context) -> None:
             "torch": torch.__version__,
             "python": platform.python_version(),
         })
-    book = RoundBook(initial.keys(), max_update_ratio=cfg.strategy["max-update-norm"],
+    def global_adapter() -> dict:
+        """The latest global adapter, unpacked (the strategy holds it as it travels: packed)."""
+        return unpack(strategy.latest_arrays.to_torch_state_dict(), initial)
+
+    book = RoundBook(pack(initial).keys(), max_update_ratio=cfg.strategy["max-update-norm"],
                      min_valid_replies=cfg.strategy["min-valid-replies"])
     num_rounds = cfg["num-rounds"]
     strategy = strategy_for(
@@ -135,7 +140,7 @@ def run_server(grid: Grid, context: Context) -> None:
         restore_privacy(runner, checkpoint.privacy)
 
     def save_checkpoint(server_round: int) -> None:
-        Checkpoint(run_key, server_round, strategy.latest_arrays.to_torch_state_dict(), book.held,
+        Checkpoint(run_key, server_round, global_adapter(), book.held,
                    book.held_seconds, random.getstate(), privacy_state(runner)).save(run_dir)
 
     strategy.on_aggregated = save_checkpoint
@@ -143,7 +148,7 @@ def run_server(grid: Grid, context: Context) -> None:
     try:
         runner.start(
             grid=prompt_grid,
-            initial_arrays=ArrayRecord(initial),
+            initial_arrays=ArrayRecord(pack(initial)),
             num_rounds=num_rounds - strategy.offset,
             train_config=ConfigRecord(),
             evaluate_config=ConfigRecord(),
@@ -158,6 +163,6 @@ def run_server(grid: Grid, context: Context) -> None:
         log(ERROR, "Run stopped: %s", exc)
         raise
     if method.communicates:
-        save_adapter(run_dir / ADAPTER_DIR, strategy.latest_arrays.to_torch_state_dict(),
+        save_adapter(run_dir / ADAPTER_DIR, global_adapter(),
                      backbone.lora.peft_config(backbone.name_or_path))
     log(INFO, "%s finished: results in %s", cfg["method"], run_dir)

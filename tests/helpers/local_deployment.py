@@ -38,13 +38,15 @@ class LocalDeployment:
     """SuperLink + SuperNodes as separate processes on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, work_dir: Path, num_nodes: int, *, tls: bool = True, auth: bool = True,
-                 app_dir: Path = APP_DIR, data_paths: list[Path] | None = None):
+                 app_dir: Path = APP_DIR, data_paths: list[Path] | None = None,
+                 node_env: Mapping[str, str] | None = None):
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS")
         self.work_dir = Path(work_dir).resolve()
         self.num_nodes = num_nodes
         self.tls, self.auth, self.app_dir = tls, auth, app_dir
         self.data_paths = data_paths  # node i's own dataset (node-config data-path); None: easy-VQA partitions
+        self.node_env = dict(node_env or {})  # extra environment of every SuperNode (e.g. FEDDAT_EXECUTOR)
         self.certs = self.work_dir / "certs"
         self.port = free_port()
         self.node_ports = [free_port() for _ in range(num_nodes)]
@@ -96,9 +98,10 @@ class LocalDeployment:
             self.start_node(i, wait=False)
         self.wait_for_nodes(self.num_nodes, timeout)
 
-    def start_node(self, i: int, *, wait: bool = True, timeout: float = 120, data_path: Path | None = None) -> None:
+    def start_node(self, i: int, *, wait: bool = True, timeout: float = 120, data_path: Path | None = None,
+                   **env: str) -> None:
         """Start SuperNode `i` (partition i, its dataset `data_path` or data_paths[i] if any, state in
-        state_dir(i)); with `wait`, until it is online."""
+        state_dir(i), node_env plus `env`); with `wait`, until it is online."""
         if i in self.nodes:
             raise RuntimeError(f"SuperNode {i} is already running")
         data_path = data_path or (self.data_paths[i] if self.data_paths else None)
@@ -106,7 +109,7 @@ class LocalDeployment:
             "SUPERLINK_ADDRESS": f"127.0.0.1:{self.port}", "PARTITION_ID": str(i),
             "NUM_PARTITIONS": str(self.num_nodes), "STATE_DIR": str(self.state_dir(i)),
             "SUPERNODE_HOST": "127.0.0.1", "SUPERNODE_PORT": str(self.node_ports[i]),
-            **({"DATA_PATH": str(data_path)} if data_path else {})})
+            **({"DATA_PATH": str(data_path)} if data_path else {}), **self.node_env, **env})
         if wait:
             self.wait_for_nodes(len(self.nodes), timeout)
 
