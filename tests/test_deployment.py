@@ -1,8 +1,9 @@
 """A real deployment on loopback: SuperLink with TLS and SuperNode authentication, 3 SuperNodes as
 separate processes, all started with deploy/*.sh (the scripts the containers run).
 
-Every message starts a fresh ClientApp process (imports, backbone, data: ~10 CPU-s each), so the
-runs are kept short: evaluation only in the last round.
+The SuperNodes run feddat-flwr's long-lived ClientApp executor (the default); one run puts a node
+on Flower's stock executor (a fresh flwr-clientapp process per message, ~10 CPU-s each), which
+must keep working beside it.
 """
 
 from __future__ import annotations
@@ -77,10 +78,20 @@ def test_supernode_with_unregistered_key_is_refused(deployment: LocalDeployment,
     assert "Failed to initialize the connection to the SuperLink" in log.read_text()
 
 
-def test_two_rounds_with_three_supernodes(deployment: LocalDeployment, tiny_model_dir, tmp_path):
-    out = tmp_path / "run"
-    _, status = deployment.run(_run_config(tiny_model_dir, out, 2), timeout=600)
+def test_two_rounds_with_three_supernodes_one_on_the_stock_executor(deployment: LocalDeployment, tiny_model_dir,
+                                                                     tmp_path):
+    deployment.stop_node(2)
+    deployment.start_node(2, FEDDAT_EXECUTOR="stock")
+    try:
+        out = tmp_path / "run"
+        _, status = deployment.run(_run_config(tiny_model_dir, out, 2), timeout=600)
+    finally:
+        deployment.stop_node(2)
+        deployment.start_node(2)
     assert status == "finished:completed"
+    logs = [deployment.log_path(f"node-{i}").read_text() for i in range(NUM_NODES)]
+    assert all("[feddat] SuperNode with the warm ClientApp executor" in log for log in logs[:2])
+    assert "[feddat] SuperNode with the stock ClientApp executor" in logs[2]
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
@@ -153,3 +164,42 @@ def test_a_node_with_bad_data_fails_clearly_and_the_others_go_on(deployment: Loc
     finally:
         deployment.stop_node(2)
         deployment.start_node(2)
+
+
+def _checkpoint_round(out: Path) -> int:
+    latest = out / "checkpoint" / "latest.json"
+    return json.loads(latest.read_text())["round"] if latest.exists() else 0
+
+
+def test_a_crashed_superlink_resumes_the_run_from_its_checkpoint(deployment: LocalDeployment, tiny_model_dir,
+                                                                  tmp_path):
+    """The SuperLink (with the ServerApp) is SIGKILLed once round 2 of 4 is checkpointed, started again
+    on its database, and the run submitted again with resume-from: it ends with 4 rounds whose
+    round-3/4 figures and final adapter equal an uninterrupted run's, bit for bit (same seed, same
+    nodes; each client resumes from its own mirrored state)."""
+    def config(out: Path, **extra) -> dict:
+        return _run_config(tiny_model_dir, out, 4, **{"strategy.eval-every": 1, "strategy.min-train-clients": NUM_NODES,
+                                                     "strategy.min-available-clients": NUM_NODES, **extra})
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert deployment.run(config(whole), timeout=600)[1] == "finished:completed"
+    deployment.submit(config(cut))
+    deadline = time.monotonic() + 600
+    _wait_until(lambda: _checkpoint_round(cut) >= 2, deadline, "round 2's checkpoint")
+    deployment.kill_superlink()
+    stopped_after = _checkpoint_round(cut)
+    assert stopped_after < 4 and len(_rounds(cut)) < 4
+    deployment.start_superlink()
+    deployment.wait_for_nodes(NUM_NODES)  # they reconnect on their own, with their registered keys
+    _, status = deployment.run(config(cut, **{"resume-from": str(cut)}), timeout=max(deadline - time.monotonic(), 1))
+    assert status == "finished:completed"
+
+    resumed, uninterrupted = json.loads((cut / "results.json").read_text()), json.loads((whole / "results.json").read_text())
+    assert resumed["info"]["resumed-after-rounds"] == [stopped_after]
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
+    for a, b in zip(resumed["rounds"], uninterrupted["rounds"], strict=True):
+        assert a["eval"] == b["eval"]
+        assert {p: c["train"]["loss"] for p, c in a["clients"].items()} == \
+            {p: c["train"]["loss"] for p, c in b["clients"].items()}
+    adapter = "shared-adapter/adapter_model.safetensors"
+    assert (cut / adapter).read_bytes() == (whole / adapter).read_bytes()

@@ -15,6 +15,8 @@ restart behaves as with the stock executor.
   task imports the new code.
 - It pulls a message's objects with a first retry after 50 ms instead of Flower's 1 s (a warm
   executor asks before the SuperNode holds them).
+- A task the SuperNode gave up before its input arrived (see _Task) is reported as failed as soon
+  as the SuperNode has a newer one, instead of stalling the node until Flower's pull timeout.
 - SIGTERM/SIGINT: the task in progress is reported as failed (Flower's exit handlers), then it exits;
   it also exits when the SuperNode (`--parent-pid`) is gone.
 
@@ -30,6 +32,7 @@ import importlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from logging import DEBUG, ERROR, INFO
 from pathlib import Path
@@ -59,6 +62,7 @@ from flwr.supercore.telemetry import EventType
 from flwr.supernode.runtime import run_clientapp
 
 TASK_POLL_SECONDS = 0.05  # how often the SuperNode is asked for a new task
+ABANDONED_CHECK_SECONDS = 1.0  # while a task's input is awaited: is there a newer task? (see _Task)
 PULL_FIRST_RETRY_SECONDS = 0.05  # Flower's default first retry is 1 s
 PULL_RETRY_CAP_SECONDS = 0.5
 TASK_TYPE = TaskType.CLIENT_APP
@@ -97,15 +101,22 @@ class Executor:
 
     def serve(self) -> None:
         log(INFO, "[feddat executor] serving ClientApp tasks of the SuperNode at %s", self.address)
+        task = None
         while True:
-            reply = self.control.AcquireTask(AcquireTaskRequest(supported_task_types=[TASK_TYPE]))
-            if reply.HasField("task") and reply.token:
-                self.run(reply.token, reply.task.fab_hash)
-            else:
+            task = task or self._acquire()
+            if task is None:
                 time.sleep(TASK_POLL_SECONDS)
+                continue
+            task = self.run(*task)
 
-    def run(self, token: str, fab_hash: str) -> None:
-        """One task: in this process, or (new app code) in a stock flwr-clientapp, then restart."""
+    def _acquire(self) -> tuple[str, str] | None:
+        """(token, FAB hash) of a new task of the SuperNode, or None."""
+        reply = self.control.AcquireTask(AcquireTaskRequest(supported_task_types=[TASK_TYPE]))
+        return (reply.token, reply.task.fab_hash) if reply.HasField("task") and reply.token else None
+
+    def run(self, token: str, fab_hash: str) -> tuple[str, str] | None:
+        """One task: in this process, or (new app code) in a stock flwr-clientapp, then restart.
+        Returns a newer task if this one turned out to be abandoned by the SuperNode (see _Task)."""
         if self.fab_hash is not None and fab_hash != self.fab_hash:
             log(INFO, "[feddat executor] new app code (FAB %s): this task runs in a fresh flwr-clientapp, then "
                 "the executor restarts", fab_hash[:12])
@@ -114,16 +125,13 @@ class Executor:
         self._task = _Task(self._client([RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                                          RuntimeTokenHttpInterceptor(token)]))
         try:
-            self._task.run(self._load)
+            return self._task.run(self._load, self._acquire)
         finally:
             self._task.close()
             self._task = None
 
     def _load(self, fab_id: str, fab_version: str, fab_hash: str):
-        if fab_hash != self.fab_hash:
-            if not get_project_dir(fab_id, fab_version, fab_hash).exists():
-                raise LoadClientAppError(f"FAB {fab_hash} is not installed")
-            self.fab_hash = fab_hash
+        self.fab_hash = fab_hash
         return self.load_app(fab_id, fab_version, fab_hash)
 
     def _stock(self, token: str) -> None:
@@ -137,8 +145,22 @@ class Executor:
             self._task.fail("ClientApp executor stopped")
 
 
+class _Abandoned(Exception):
+    def __init__(self, newer: tuple[str, str]):
+        super().__init__("abandoned by the SuperNode")
+        self.newer = newer  # (token, FAB hash) of the task that came after
+
+
 class _Task:
-    """One ClientApp task over its own token-authenticated Runtime API client."""
+    """One ClientApp task over its own token-authenticated Runtime API client.
+
+    A SuperNode handles one message at a time: it creates the next task only once the current one
+    has replied, or when it gave a message up. It can give one up after creating its task (flwr
+    1.41-1.42: a message of a run that stopped, e.g. after a SuperLink restart), and that task's
+    input never arrives; Flower's executor would leave a process waiting for it, this one would
+    stall every later message. So while the input is awaited, a newer task of the SuperNode means
+    this one is abandoned: it is reported as failed and the newer one runs next.
+    """
 
     def __init__(self, client: RuntimeHttpClient):
         self.client = client
@@ -147,16 +169,40 @@ class _Task:
         self.heartbeat.start()
         self.reported = False
 
-    def run(self, load_app) -> None:
+    def _pull_input(self, acquire) -> tuple:
+        """(message, context, run, FAB); _Abandoned if a newer task came first."""
+        box: dict = {}
+
+        def pull() -> None:
+            try:
+                box["input"] = run_clientapp.pull_task_input(self.client)
+            except BaseException as ex:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = ex
+
+        thread = threading.Thread(target=pull, daemon=True, name="feddat-task-input")
+        thread.start()
+        while thread.is_alive():
+            thread.join(ABANDONED_CHECK_SECONDS)
+            if thread.is_alive() and (newer := acquire()) is not None:
+                raise _Abandoned(newer)
+        if "error" in box:
+            raise box["error"]
+        return box["input"]
+
+    def run(self, load_app, acquire) -> tuple[str, str] | None:
         message = reply = None
         try:
-            message, self.context, run, fab = run_clientapp.pull_task_input(self.client)
+            message, self.context, run, fab = self._pull_input(acquire)
             log(DEBUG, "[feddat executor] task input pulled (%s message)", message.metadata.message_type)
             if not get_project_dir(run.fab_id, run.fab_version, fab.hash_str).exists():
                 install_from_fab(fab.content, skip_prompt=True)
             app = load_app(run.fab_id, run.fab_version, fab.hash_str)
             reply = app(message=message, context=self.context)
             status, details = SubStatus.COMPLETED, ""
+        except _Abandoned as abandoned:
+            log(INFO, "[feddat executor] the SuperNode gave a task up before its input arrived; next task")
+            self.fail("the SuperNode gave this message up before its input arrived")
+            return abandoned.newer
         except Exception as ex:  # noqa: BLE001 - reported to the server as the ClientApp's error, as Flower does
             code = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError)
                     else ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
@@ -172,6 +218,7 @@ class _Task:
                 log(ERROR, "Failed to push reply message", exc_info=ex)
         self._report(status, details)
         log(DEBUG, "[feddat executor] task done")
+        return None
 
     def fail(self, details: str) -> None:
         self._report(SubStatus.FAILED, details)

@@ -84,7 +84,7 @@ def run_simulation(
                     env=env, start_new_session=True,
                 )
             output_dir = run_config.get("output-dir")
-            status = wait_for_run(run_id, env, start + timeout, Path(output_dir) if output_dir else None)
+            status = wait_for_run(run_id, env, start + timeout, Path(output_dir) if output_dir else None, superlink)
         finally:
             stop_process(streamer, grace=2)
             stop_process(superlink)

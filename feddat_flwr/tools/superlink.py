@@ -26,6 +26,7 @@ APP_DIR = Path(__file__).resolve().parents[2]
 OFFLINE_ENV_FILE = APP_DIR / "deploy" / "offline.env"
 CONNECTION = "feddat-local"  # the name of the connection in the CLI's config.toml
 ASK_INTERVAL = 30.0  # seconds between asking the SuperLink for a run's status (see wait_for_run)
+APP_PROCESSES = ("flwr-simulation", "flwr-serverapp")  # a run's app process under a SuperLink
 
 
 class RunFailed(RuntimeError):
@@ -119,14 +120,36 @@ def submit_run(app_dir: Path, run_config: Mapping[str, Any], config_file: Path, 
     return int(reply["run-id"])
 
 
-def wait_for_run(run_id: int, env: Mapping[str, str], deadline: float, run_dir: Path | None) -> str:
+def app_running(superlink: subprocess.Popen | None) -> bool:
+    """Whether a ServerApp or simulation process runs under `superlink` (read from /proc: no CLI)."""
+    if superlink is None:
+        return False
+    try:
+        children = psutil.Process(superlink.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if any(name in part for part in child.cmdline()[:2] for name in APP_PROCESSES):
+                return True
+    return False
+
+
+def wait_for_run(run_id: int, env: Mapping[str, str], deadline: float, run_dir: Path | None,
+                 superlink: subprocess.Popen | None = None) -> str:
     """The run's final status. Asking the SuperLink costs a `flwr` CLI process (about 2 CPU-seconds,
-    which on a small machine is taken from the clients), so it is asked every ASK_INTERVAL seconds,
-    and every second once the run's results.json holds its last round (the run is ending)."""
+    which on a small machine is taken from the clients), so it is not asked while the run's app
+    process runs under `superlink` (when given); it is asked every second once the app process
+    has ended or the run's results.json holds its last round (the run is ending), and otherwise
+    every ASK_INTERVAL seconds."""
     next_ask = time.monotonic()
+    seen_app = False
     while time.monotonic() < deadline:
         ending = run_dir is not None and completed_results(run_dir) is not None
-        if ending or time.monotonic() >= next_ask:
+        running = app_running(superlink)
+        seen_app = seen_app or running
+        ended = seen_app and not running
+        if ending or ended or (not running and time.monotonic() >= next_ask):
             runs = flwr_cli("ls", CONNECTION, "--run-id", str(run_id), env=env).get("runs", [])
             status = runs[0].get("status", "") if runs else ""
             if status.startswith("finished"):

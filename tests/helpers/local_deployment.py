@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from feddat_flwr.tools import superlink
 from feddat_flwr.tools.superlink import APP_DIR, CONNECTION, RunFailed, free_port, stop_process
 
@@ -87,16 +89,33 @@ class LocalDeployment:
             self._script("make-certs.sh", str(self.certs), NUM_SUPERNODES=str(self.num_nodes))
         superlink.write_flwr_home(Path(self.env["FLWR_HOME"]), f"127.0.0.1:{self.port}",
                         root_certificates=self.certs / "ca.crt" if self.tls else None)
-        self.superlink = self._spawn("superlink", "start-superlink.sh", {
-            "SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": str(self.port),
-            "SUPERLINK_DATABASE": str(self.work_dir / "superlink" / "superlink.db")})
-        superlink.wait_for_port(self.port, self.superlink, timeout, self.log_path("superlink"))
+        self.start_superlink(timeout)
         if self.auth:
             self._script("register-nodes.sh", CONNECTION,
                          *(str(self.certs / f"supernode-{i}.pub") for i in range(self.num_nodes)))
         for i in range(self.num_nodes):
             self.start_node(i, wait=False)
         self.wait_for_nodes(self.num_nodes, timeout)
+
+    def start_superlink(self, timeout: float = 120) -> None:
+        """Start the SuperLink (its database in work_dir/superlink/ keeps runs and registered nodes
+        across restarts); returns once its port is open."""
+        self.superlink = self._spawn("superlink", "start-superlink.sh", {
+            "SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": str(self.port),
+            "SUPERLINK_DATABASE": str(self.work_dir / "superlink" / "superlink.db")})
+        superlink.wait_for_port(self.port, self.superlink, timeout, self.log_path("superlink"))
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink and every process it started (the ServerApp): a crash, no clean-up."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.superlink.pid)
+            tree = [root, *root.children(recursive=True)]
+            for p in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            psutil.wait_procs(tree, timeout=10)
+        self.superlink.poll()
+        self.superlink = None
 
     def start_node(self, i: int, *, wait: bool = True, timeout: float = 120, data_path: Path | None = None,
                    **env: str) -> None:
@@ -160,7 +179,7 @@ class LocalDeployment:
     def wait(self, run_id: int, timeout: float, run_dir: Path | None = None) -> str:
         """The run's final status ("finished:completed", ...) or "timeout"; `run_dir` (the run's
         output-dir) lets it notice the end within a second (see superlink.wait_for_run)."""
-        return superlink.wait_for_run(run_id, self.env, time.monotonic() + timeout, run_dir)
+        return superlink.wait_for_run(run_id, self.env, time.monotonic() + timeout, run_dir, self.superlink)
 
     def run(self, run_config: Mapping[str, Any], timeout: float = 3600) -> tuple[int, str]:
         """Submit a run and wait for it: (run id, final status)."""
