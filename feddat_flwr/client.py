@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from feddat_flwr.client_state import ClientState
-from feddat_flwr.data.client_data import DATA_PATH_KEY, ClientData, DataSpec, load_client_data
+from feddat_flwr.client_state import STATE_DIR_KEY, ClientState
+from feddat_flwr.data.client_data import DATA_CACHE_DIR, DATA_PATH_KEY, ClientData, DataSpec, load_client_data
 from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import AdaptedBackbone, load_backbone_for
 from feddat_flwr.model.head import AnswerHead, new_head
@@ -113,7 +114,8 @@ def evaluate_client(backbone: AdaptedBackbone, data: ClientData, state: ClientSt
 def client_for(cfg: DictConfig, node_config: Mapping[str, Any], node_id: int = 0,
                ) -> tuple[AdaptedBackbone, ClientData]:
     """The process-wide backbone and this node's (cached) data, from the run and node config.
-    A node with its own `data-path` needs no partition-id (its node id then stands for it)."""
+    A node with its own `data-path` needs no partition-id (its node id then stands for it); a node
+    with a `state-dir` keeps its embedded-data rows on disk there (see feddat_flwr.data.client_data)."""
     backbone = load_backbone_for(cfg)
     data_path = str(node_config.get(DATA_PATH_KEY, ""))
     if data_path:
@@ -125,5 +127,7 @@ def client_for(cfg: DictConfig, node_config: Mapping[str, Any], node_id: int = 0
                 raise ValueError(f"node config has no {key!r} (got {sorted(node_config)}); give partition-id "
                                  f"and num-partitions, or the node's own dataset as {DATA_PATH_KEY!r}.")
         partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
-    spec = DataSpec.from_config(cfg, partition_id, num_partitions, data_path=data_path)
+    state_dir = str(node_config.get(STATE_DIR_KEY, ""))
+    spec = DataSpec.from_config(cfg, partition_id, num_partitions, data_path=data_path,
+                                cache_dir=str(Path(state_dir) / DATA_CACHE_DIR) if state_dir else "")
     return backbone, load_client_data(spec, backbone.processor)

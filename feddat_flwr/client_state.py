@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STATE_FILES = ("local-adapter.safetensors", "head.safetensors", "meta.json")
+STATE_DIR_KEY = "state-dir"  # node-config key of the node's durable directory (the mirror, the data cache)
 
 
 @dataclass

@@ -268,3 +268,29 @@ def test_shuffled_batches_cover_every_example_once_in_a_seeded_order(small: Data
     assert Counter(map(repr, first)) == Counter(map(repr, expected))
     assert first == order(0) != order(1)
     assert order(0, workers=2) == first  # worker processes decode the same batches
+
+
+def test_a_nodes_data_cache_gives_the_same_rows_without_rebuilding_them(tmp_path, tiny_cfg, monkeypatch) -> None:
+    """With a cache dir (a deployed node's state-dir/data-cache) the easy-VQA rows are built once,
+    saved with save_to_disk, and read back identical; a different spec gets its own entry."""
+    from feddat_flwr.data import client_data
+    from feddat_flwr.data.client_data import DataSpec, easyvqa_rows
+
+    cfg = tiny_cfg({"data.max-train": 20, "data.max-test": 10, "preset": "domain"})
+    spec = DataSpec.from_config(cfg, 1, 3, cache_dir=str(tmp_path / "cache"))
+    built = easyvqa_rows(spec)
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == ["test", "train"]
+
+    def no_rebuild(*args):
+        raise AssertionError("rebuilt the rows despite the cache")
+
+    monkeypatch.setattr(client_data, "_build_easyvqa_rows", no_rebuild)
+    cached = easyvqa_rows(spec)
+    for a, b in zip(built[:2], cached[:2], strict=True):
+        assert a.column_names == b.column_names and a.to_dict()["question"] == b.to_dict()["question"]
+        assert a.to_dict()["answer"] == b.to_dict()["answer"]
+    assert (built[2] is None) == (cached[2] is None)  # the domain transform is not cached, rebuilt alike
+    monkeypatch.undo()
+    easyvqa_rows(DataSpec.from_config(cfg, 2, 3, cache_dir=str(tmp_path / "cache")))
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -6,15 +6,24 @@ partitioners, each client in its view), or the client's own saved dataset (a sim
 Both are capped (`data.max-train`/`max-test`, seeded), optionally split for validation, given a
 vocabulary of the `data.max-answers` most frequent training answers, and served by ClientSplits
 that decode images per batch.
+
+A deployed node with a `state-dir` keeps its easy-VQA rows (after partitioning, capping and the
+task split) under <state-dir>/data-cache/, so a fresh ClientApp process (Flower's stock executor
+starts one per message) reads them with `load_from_disk` instead of rebuilding them; the key is
+the DataSpec plus a digest of the data code, so a change to either rebuilds them.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 from omegaconf import DictConfig
 
 from feddat_flwr.data.answers import Vocabulary
@@ -27,6 +36,7 @@ from feddat_flwr.data.views import client_view
 from feddat_flwr.data.vqa_format import DataError, check_partition_count, load_vqa, read_split
 
 DATA_PATH_KEY = "data-path"  # node-config key: this SuperNode's own dataset directory
+DATA_CACHE_DIR = "data-cache"  # under a node's state-dir
 
 
 @dataclass(frozen=True)
@@ -45,10 +55,11 @@ class DataSpec:
     validation_fraction: float
     test_fraction: float
     max_answers: int
+    cache_dir: str = ""  # a node's data cache (see the module docstring); "" for none
 
     @classmethod
     def from_config(cls, cfg: DictConfig, partition_id: int, num_partitions: int, *,
-                    data_path: str = "") -> DataSpec:
+                    data_path: str = "", cache_dir: str = "") -> DataSpec:
         """A node's own `data_path` wins; else the run's `data.path` (partition_<partition_id>);
         else the embedded easy-VQA partition."""
         d = cfg.data
@@ -60,7 +71,7 @@ class DataSpec:
                 data_path = str(check_partition_count(Path(d["path"]), num_partitions)[partition_id])
         return cls(str(data_path), partition_id, num_partitions, cfg["seed"], d["partitioner"], d["client-views"],
                    d["dirichlet-alpha"], d["max-train"], d["max-test"], d["validation-fraction"],
-                   d["test-fraction"], d["max-answers"])
+                   d["test-fraction"], d["max-answers"], cache_dir)
 
 
 @dataclass
@@ -80,8 +91,19 @@ class ClientData:
 
 def easyvqa_rows(spec: DataSpec) -> tuple[Dataset, Dataset, ImageTransform | None]:
     """A client's easy-VQA train and test rows (partitioned, capped, held out, in its task) and
-    its visual domain's image transform."""
+    its visual domain's image transform; from the node's data cache when it has them."""
     view = client_view(spec.views, spec.partition_id)
+    cached = _cache_path(spec)
+    if cached is not None and cached.exists():
+        train, test = load_from_disk(str(cached / "train")), load_from_disk(str(cached / "test"))
+    else:
+        train, test = _build_easyvqa_rows(spec, view.task)
+        if cached is not None:
+            _save_rows(cached, train, test)
+    return train, test, domain_transform(view.domain, spec.seed)
+
+
+def _build_easyvqa_rows(spec: DataSpec, task: str) -> tuple[Dataset, Dataset]:
     train, test = client_split(
         load_easyvqa("train"), load_easyvqa("test"),
         partitioner=spec.partitioner, num_partitions=spec.num_partitions,
@@ -90,8 +112,39 @@ def easyvqa_rows(spec: DataSpec) -> tuple[Dataset, Dataset, ImageTransform | Non
     )
     if spec.validation_fraction > 0:
         train, test = hold_out(train, spec.validation_fraction, spec.seed)
-    train, test = make_task_split(train, view.task, spec.seed), make_task_split(test, view.task, spec.seed)
-    return train, test, domain_transform(view.domain, spec.seed)
+    return make_task_split(train, task, spec.seed), make_task_split(test, task, spec.seed)
+
+
+@functools.cache
+def _data_code_digest() -> str:
+    """A digest of the code that builds a client's rows (this package's data modules)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _cache_path(spec: DataSpec) -> Path | None:
+    if not spec.cache_dir:
+        return None
+    key = {k: v for k, v in asdict(spec).items() if k != "cache_dir"}
+    name = hashlib.sha256(f"{sorted(key.items())}{_data_code_digest()}".encode()).hexdigest()[:20]
+    return Path(spec.cache_dir) / f"easyvqa-{name}"
+
+
+def _save_rows(path: Path, train: Dataset, test: Dataset) -> None:
+    """Write both splits, then rename into place (a reader never sees half of them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        train.save_to_disk(str(tmp / "train"))
+        test.save_to_disk(str(tmp / "test"))
+        os.replace(tmp, path)
+    except OSError:
+        if not path.exists():  # not a concurrent writer that got there first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def disk_rows(spec: DataSpec) -> tuple[Dataset, Dataset, bool]:

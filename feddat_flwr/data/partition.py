@@ -16,14 +16,12 @@ The client's test split follows the same rule as its train split:
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from datasets import Dataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    PathologicalPartitioner,
-    Partitioner,
-)
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 PARTITIONERS = ("iid", "dirichlet", "question-type")
 # Column whose value set must match between train and test for the rule to align.
@@ -93,6 +91,14 @@ def _check_same_classes(train: Dataset, test: Dataset, column: str, partitioner:
 def _partitioner(ds: Dataset, kind: str, num_partitions: int, seed: int, alpha: float,
                  column: str | None) -> Partitioner:
     """Partitioner over ``ds`` (cached per dataset object; partitions are computed once)."""
+    # imported here: flwr_datasets imports matplotlib and seaborn (its plots), ~1 s that a ClientApp
+    # reading its rows from the node's data cache, or its own dataset, does not need
+    from flwr_datasets.partitioner import (  # noqa: PLC0415
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
     part: Partitioner
     if kind == "iid":
         part = IidPartitioner(num_partitions=num_partitions)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from feddat_flwr.client_state import ClientState, load_snapshot, save_snapshot
+from feddat_flwr.client_state import STATE_DIR_KEY, ClientState, load_snapshot, save_snapshot
 
 LOCAL_KEY = "feddat.local-adapter"
 HEAD_KEY = "feddat.head"
 META_KEY = "feddat.meta"
-STATE_DIR_KEY = "state-dir"  # node-config key of the durable mirror
 
 
 def read_state(record: RecordDict) -> ClientState | None:
