@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from feddat_flwr.client import DataSpec, evaluate_client, load_client_data, train_client
+from feddat_flwr.client import client_for, evaluate_client, train_client
 from feddat_flwr.config import load_config
 from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import load_backbone_for
@@ -38,7 +38,7 @@ def in_process_rounds(cfg, num_clients: int) -> tuple[list[float], list[float]]:
     The aggregate is FedAvg's weighted mean under the configured strategy.weighting."""
     torch.set_num_threads(os.cpu_count() or 1)
     backbone = load_backbone_for(cfg)
-    clients = [load_client_data(DataSpec.from_config(cfg, i, num_clients), backbone) for i in range(num_clients)]
+    clients = [client_for(cfg, {"partition-id": i, "num-partitions": num_clients})[1] for i in range(num_clients)]
     states = [None] * num_clients
     communicates = get_method(cfg["method"]).communicates
     global_adapter = backbone.initial_adapter(cfg["seed"]) if communicates else {}
