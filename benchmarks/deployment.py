@@ -83,8 +83,9 @@ def message_phases(events: list[tuple[str, float, str]]) -> list[dict]:
     return rows
 
 
-def _fingerprint(run_dir: Path) -> dict:
-    """What must be equal between variants: the final shared adapter and every accuracy."""
+def _outcome(run_dir: Path) -> dict:
+    """A run's final shared adapter and accuracies (which must be equal between variants) and its
+    round times."""
     results = json.loads((run_dir / "results.json").read_text())
     adapter = next((run_dir / "shared-adapter").glob("*.safetensors"))
     return {"adapter-sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
@@ -100,7 +101,7 @@ def run_variant(name: str, work: Path, run_config: dict) -> tuple[list[dict], di
         if status != "finished:completed":
             raise SystemExit(f"{name}: the run ended as {status}; logs in {work / name}")
         rows = message_phases(node_events(dep.log_path("node-0").read_text()))
-    return rows, _fingerprint(out)
+    return rows, _outcome(out)
 
 
 def _median(rows: list[dict], phase: str) -> float:

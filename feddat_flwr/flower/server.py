@@ -109,10 +109,6 @@ def run_server(grid: Grid, context: Context) -> None:
             "torch": torch.__version__,
             "python": platform.python_version(),
         })
-    def global_adapter() -> dict:
-        """The latest global adapter, unpacked (the strategy holds it as it travels: packed)."""
-        return unpack(strategy.latest_arrays.to_torch_state_dict(), initial)
-
     book = RoundBook(pack(initial).keys(), max_update_ratio=cfg.strategy["max-update-norm"],
                      min_valid_replies=cfg.strategy["min-valid-replies"])
     num_rounds = cfg["num-rounds"]
@@ -138,6 +134,10 @@ def run_server(grid: Grid, context: Context) -> None:
         strategy.resume(checkpoint.round, checkpoint.held, checkpoint.held_seconds)
         random.setstate(checkpoint.rng_state)
         restore_privacy(runner, checkpoint.privacy)
+
+    def global_adapter() -> dict:
+        """The latest global adapter, unpacked (the strategy holds it as it travels: packed)."""
+        return unpack(strategy.latest_arrays.to_torch_state_dict(), initial)
 
     def save_checkpoint(server_round: int) -> None:
         Checkpoint(run_key, server_round, global_adapter(), book.held,

@@ -126,9 +126,7 @@ class FedDAT(FedAvg):
         evaluations the next round's train replies bring, or closed if it is the last."""
         server_round += self.offset
         metrics = super().aggregate_evaluate(server_round, replies)
-        previous = self.book.close_held()
-        if previous is not None:
-            self._finish(previous)
+        self.close_held()
         if self.privacy_account is not None:  # the account as of this round's release
             self.book.current.privacy = self.privacy_account(self._clipping_norm, self.book.current)
         if server_round == self.num_rounds:
@@ -140,7 +138,8 @@ class FedDAT(FedAvg):
         return metrics
 
     def close_held(self) -> None:
-        """A run that stops early: the held round's record, with what it has, is closed."""
+        """The held round's record, with the evaluations it has, is closed (at the end of the next
+        round, or when a run stops early)."""
         previous = self.book.close_held()
         if previous is not None:
             self._finish(previous)

@@ -79,25 +79,32 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log_path: P
     raise RunFailed(f"SuperLink did not open port {port} within {timeout:.0f} s; log: {log_path}")
 
 
-def stop_process(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    """Terminate `proc` and every process it started (Flower detaches some: SuperExec, Ray),
-    then kill what is still alive after `grace` seconds."""
+def process_tree(proc: subprocess.Popen | None) -> list[psutil.Process]:
+    """`proc` and every process it started (Flower detaches some: SuperExec, Ray); [] if gone."""
     if proc is None:
-        return
+        return []
     try:
-        tree = [psutil.Process(proc.pid)]
-        tree += tree[0].children(recursive=True)
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return
-    for p in reversed(tree):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
+        return []
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """Terminate `proc` and every process it started, then kill what is still alive after `grace`
+    seconds (grace 0: kill at once, as a crash would)."""
+    tree = process_tree(proc)
+    if grace > 0:
+        for p in reversed(tree):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
     _, alive = psutil.wait_procs(tree, timeout=grace)
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(alive, timeout=5)
-    proc.poll()
+    if proc is not None:
+        proc.poll()
 
 
 def flwr_cli(*args: str, env: Mapping[str, str]) -> dict[str, Any]:
@@ -122,13 +129,7 @@ def submit_run(app_dir: Path, run_config: Mapping[str, Any], config_file: Path, 
 
 def app_running(superlink: subprocess.Popen | None) -> bool:
     """Whether a ServerApp or simulation process runs under `superlink` (read from /proc: no CLI)."""
-    if superlink is None:
-        return False
-    try:
-        children = psutil.Process(superlink.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return False
-    for child in children:
+    for child in process_tree(superlink)[1:]:
         with contextlib.suppress(psutil.Error):
             if any(name in part for part in child.cmdline()[:2] for name in APP_PROCESSES):
                 return True
@@ -145,11 +146,10 @@ def wait_for_run(run_id: int, env: Mapping[str, str], deadline: float, run_dir: 
     next_ask = time.monotonic()
     seen_app = False
     while time.monotonic() < deadline:
-        ending = run_dir is not None and completed_results(run_dir) is not None
         running = app_running(superlink)
         seen_app = seen_app or running
-        ended = seen_app and not running
-        if ending or ended or (not running and time.monotonic() >= next_ask):
+        ending = run_dir is not None and completed_results(run_dir) is not None
+        if ending or (not running and (seen_app or time.monotonic() >= next_ask)):
             runs = flwr_cli("ls", CONNECTION, "--run-id", str(run_id), env=env).get("runs", [])
             status = runs[0].get("status", "") if runs else ""
             if status.startswith("finished"):

@@ -19,8 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from feddat_flwr.tools import superlink
 from feddat_flwr.tools.superlink import APP_DIR, CONNECTION, RunFailed, free_port, stop_process
 
@@ -107,14 +105,7 @@ class LocalDeployment:
 
     def kill_superlink(self) -> None:
         """SIGKILL the SuperLink and every process it started (the ServerApp): a crash, no clean-up."""
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(self.superlink.pid)
-            tree = [root, *root.children(recursive=True)]
-            for p in tree:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    p.kill()
-            psutil.wait_procs(tree, timeout=10)
-        self.superlink.poll()
+        stop_process(self.superlink, grace=0)
         self.superlink = None
 
     def start_node(self, i: int, *, wait: bool = True, timeout: float = 120, data_path: Path | None = None,
