@@ -36,7 +36,8 @@ def test_the_core_and_the_tools_never_import_flower():
 
 def test_every_method_declares_a_consistent_role():
     baselines = {m.name for m in METHODS.values() if m.baseline}
-    assert baselines == {"fedavg", "fedprox", "local-only"}
+    assert baselines == {"fedavg", "fedprox", "local-only", "fedpft-proxy"}
+    assert {m.name for m in METHODS.values() if m.proxy} == {"fedpft-proxy"}
     assert {m.name for m in METHODS.values() if not m.communicates} == {"local-only"}
     assert get_method("feddat").personalised == "dat" and get_method("feddat").kd
     with pytest.raises(ValueError, match="Unknown method 'fedsgd'; allowed: feddat"):

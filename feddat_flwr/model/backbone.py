@@ -69,8 +69,9 @@ def _canonical(param_name: str, adapter: str) -> str:
 class AdaptedBackbone:
     """A PEFT-wrapped ViLT with adapters `shared`, `local`, `teacher` and configuration switching."""
 
-    def __init__(self, name_or_path: str, lora: LoraSpec, *, device: str = "cpu"):
-        base = ViltModel.from_pretrained(name_or_path)
+    def __init__(self, name_or_path: str, lora: LoraSpec, *, device: str = "cpu", base: ViltModel | None = None):
+        """`base`: a ViltModel to adapt instead of the checkpoint's own (FedPFT's proxy of it)."""
+        base = base if base is not None else ViltModel.from_pretrained(name_or_path)
         for p in base.parameters():
             p.requires_grad_(False)
         self.name_or_path = name_or_path
@@ -102,6 +103,11 @@ class AdaptedBackbone:
         self._active: tuple[str, ...] = ()
         self._trainable: frozenset[str] | None = None
         self._initial: dict[int, dict[str, torch.Tensor]] = {}
+
+    @property
+    def vilt(self) -> ViltModel:
+        """The adapted ViltModel itself (its modules carry the adapters)."""
+        return self.model.get_base_model()
 
     def initial_adapter(self, seed: int) -> dict[str, torch.Tensor]:
         """The initial global adapter of a run with this `seed`: PEFT's own LoRA initialisation
