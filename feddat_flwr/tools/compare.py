@@ -24,11 +24,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from feddat_flwr.methods import METHODS, PROPOSED, get_method
+from feddat_flwr.methods import PROPOSED, get_method
 from feddat_flwr.records import completed_results
 from feddat_flwr.results import atomic_write_bytes, pyplot
 from feddat_flwr.tools.cli import unwind_on_sigterm
-from feddat_flwr.tools.grid import grid_parser, run_cells
+from feddat_flwr.tools.grid import grid_parser, parse_row, run_cells
 
 
 def cell_dir(out: Path, preset: str, method: str, seed: int) -> Path:
@@ -43,10 +43,10 @@ def run_grid(out: Path, presets, methods, seeds, overrides: dict[str, Any], num_
     cells = []
     for s in seeds:
         for b in presets:
-            for m in methods:
-                lr = (lrs or {}).get(b, {}).get(m)
-                config = {**overrides, "preset": b, "method": m, "seed": s, **({"train.lr": lr} if lr else {})}
-                cells.append((f"{b} {m} seed {s}", cell_dir(out, b, m, s), config))
+            for row in methods:
+                lr = (lrs or {}).get(b, {}).get(row.spec)
+                config = {**overrides, "preset": b, **row.config, "seed": s, **({"train.lr": lr} if lr else {})}
+                cells.append((f"{b} {row.spec} seed {s}", cell_dir(out, b, row.spec, s), config))
     run_cells(cells, num_clients)
 
 
@@ -58,11 +58,12 @@ def collect(out: Path, presets, methods, seeds) -> list[dict]:
     """One row per preset x method x column (client id or 'avg') over the finished seeds."""
     rows = []
     for preset in presets:
-        for method in methods:
+        for row in methods:
+            method = row.spec
             runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))]
             if not runs:
                 continue
-            variant = get_method(method).personalised
+            variant = row.personalised
             last = [r.rounds[-1] for r in runs]
             clients = sorted(last[0].clients, key=int)
             columns = {c: [rec.clients[c].eval[variant] for rec in last] for c in clients}
@@ -114,7 +115,7 @@ def verdict(averages: list[dict]) -> str:
     """FedDAT's average against the best baseline's: the difference, and whether it exceeds one
     std over seeds (mean_F - mean_B > max(std_F, std_B))."""
     feddat = next((r for r in averages if r["method"] == PROPOSED), None)
-    baselines = [r for r in averages if r["method"] in METHODS and METHODS[r["method"]].baseline]
+    baselines = [r for r in averages if get_method(parse_row(r["method"]).method).baseline]
     if feddat is None or not baselines:
         return "FedDAT vs baselines: not both in this table."
     best = max(baselines, key=lambda r: r["mean"])
@@ -132,15 +133,15 @@ def plot_convergence(out: Path, presets, methods, seeds, dest: Path) -> None:
     plt = pyplot()
     for preset in presets:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method in methods:
-            runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))]
+        for row in methods:
+            runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, row.spec, s)))]
             if not runs:
                 continue
-            variant = get_method(method).personalised
+            variant = row.personalised
             evaluated = [[rec for rec in r.rounds if rec.eval is not None] for r in runs]
             xs = [rec.round for rec in evaluated[0]]
             ys = [statistics.fmean(e[i].eval[variant]["mean"] for e in evaluated) for i in range(len(xs))]
-            ax.plot(xs, ys, marker="o", label=method)
+            ax.plot(xs, ys, marker="o", label=row.spec)
         if not ax.lines:
             plt.close(fig)
             continue
