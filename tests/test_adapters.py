@@ -74,7 +74,8 @@ def test_a_new_bottleneck_adapter_returns_its_layers_output_exactly(backbone):
     for configuration in CONFIGURATIONS:
         backbone.set_configuration(configuration, 0.5)
         for vilt_layer in backbone.vilt.encoder.layer:
-            ffn, residual = torch.randn(2, 5, vilt_layer.intermediate.dense.out_features), torch.randn(2, 5, backbone.hidden_size)
+            ffn = torch.randn(2, 5, vilt_layer.intermediate.dense.out_features)
+            residual = torch.randn(2, 5, backbone.hidden_size)
             assert torch.equal(vilt_layer.output(ffn, residual), vilt_layer.output.base_layer(ffn, residual))
 
 
@@ -88,7 +89,8 @@ def test_keys_shapes_and_parameter_names(backbone):
                      prefix + "up.weight": (hidden, WIDTH), prefix + "up.bias": (hidden,)}
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
     for adapter in ADAPTERS:  # each adapter's own parameters, named like PEFT's
-        names = [n for n, p in backbone.model.named_parameters() if any(p is q for q in backbone.parameters_of(adapter))]
+        own = {id(p) for p in backbone.parameters_of(adapter)}
+        names = [n for n, p in backbone.model.named_parameters() if id(p) in own]
         assert len(names) == len(expected) and all(f".bottleneck.{adapter}." in n for n in names)
 
 
