@@ -30,7 +30,7 @@ from feddat_flwr.config import load_config
 from feddat_flwr.fedpft.backbone import proxy_backbone_for
 from feddat_flwr.fedpft.subfm import kept_neurons, sub_fm
 from feddat_flwr.methods import get_method
-from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
+from feddat_flwr.model.backbone import AdaptedBackbone, adapter_spec, resolve_model_path
 from feddat_flwr.model.head import new_head
 from feddat_flwr.training.loop import TrainSettings, make_optimizer
 from common import VILT_B32, random_vilt_b32, report
@@ -42,7 +42,7 @@ METHOD = "fedpft-proxy"
 def one(config: str, model: str, path: str, batch_size: int, steps: int) -> dict:
     """Median step time and peak memory of one model in this process."""
     cfg = load_config({"method": METHOD})  # its LoRA targets and step settings (the default model's proxy)
-    lora = LoraSpec.from_config(cfg.lora)
+    lora = adapter_spec(cfg)
     if model == "full":
         backbone = AdaptedBackbone(path, lora)
     elif config == "default":

@@ -39,7 +39,8 @@ def _round_seed(seed: int, server_round: int, partition_id: int) -> int:
 def initial_state(backbone: AdaptedBackbone, data: ClientData, global_adapter: dict[str, torch.Tensor],
                   seed: int) -> ClientState:
     """A client's state before its first round: `local` starts as the first global adapter it
-    receives (LoRA's B = 0, so its delta starts at zero), the head freshly initialised."""
+    receives (a no-op at first: LoRA's B, a bottleneck's up-projection is zero), the head freshly
+    initialised."""
     head = new_head(backbone.hidden_size, len(data.labels), _head_seed(seed, data.partition_id))
     return ClientState(
         local={k: v.clone() for k, v in global_adapter.items()},

@@ -22,7 +22,7 @@ from feddat_flwr.data.partition import PARTITIONERS
 from feddat_flwr.data.views import VIEWS
 from feddat_flwr.fedpft.settings import fedpft_conflicts
 from feddat_flwr.methods import METHODS, get_method, schedules
-from feddat_flwr.model.backbone import DEVICES
+from feddat_flwr.model.backbone import ADAPTER_KINDS, DEVICES
 from feddat_flwr.privacy import PRIVACY_MODES, privacy_conflicts
 from feddat_flwr.records import WEIGHT_KEYS
 from feddat_flwr.robustness import AGGREGATIONS
@@ -94,6 +94,8 @@ RULES: dict[str, Rule] = {
     "output-dir": absolute_or_empty,
     "resume-from": absolute_or_empty,
     "client-state-dir": absolute_or_empty,
+    "adapter.kind": one_of(lambda: ADAPTER_KINDS),
+    "adapter.bottleneck-width": positive,
     "lora.rank": positive,
     "lora.alpha": positive,
     "lora.dropout": unit_interval,

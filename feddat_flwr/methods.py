@@ -97,7 +97,7 @@ register_method(Method(
     "feddat-no-local", "ablation: shared adapter distilled from the frozen global adapter only",
     {"single": global_kd_step}, trains=("shared",), communicates=True, personalised="shared", kd=True))
 register_method(Method(
-    "fedavg", "baseline: FedAvg of the shared LoRA, private head, task loss only",
+    "fedavg", "baseline: FedAvg of the shared adapter, private head, task loss only",
     {"single": shared_step}, trains=("shared",), communicates=True, personalised="shared", baseline=True))
 register_method(Method(
     "fedprox", "baseline: fedavg + (mu/2)·‖shared − global‖² (fedprox.mu)",

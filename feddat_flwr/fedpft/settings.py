@@ -15,6 +15,8 @@ def fedpft_conflicts(flat: Mapping[str, Any]) -> list[str]:
     if flat["method"] != METHOD:
         return []
     problems = []
+    if flat["adapter.kind"] != "lora":
+        problems.append(f"method {METHOD} trains LoRA (adapter.kind=lora), got adapter.kind={flat['adapter.kind']!r}")
     targets = [m.strip() for m in str(flat["lora.target-modules"]).split(",") if m.strip()]
     outside = [m for m in targets if m not in ATTENTION_MODULES]
     if outside:

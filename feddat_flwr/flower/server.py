@@ -176,5 +176,5 @@ def run_server(grid: Grid, context: Context) -> None:
         raise
     if method.communicates:
         save_adapter(run_dir / ADAPTER_DIR, global_adapter(),
-                     backbone.lora.peft_config(backbone.name_or_path))
+                     backbone.spec.saved_config(backbone.name_or_path))
     log(INFO, "%s finished: results in %s", cfg["method"], run_dir)
