@@ -33,7 +33,7 @@ from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import AdaptedBackbone, adapter_spec, resolve_model_path
 from feddat_flwr.model.head import new_head
 from feddat_flwr.training.loop import TrainSettings, make_optimizer
-from common import VILT_B32, random_vilt_b32, report
+from common import random_vilt_b32, report
 from step import synthetic_batch
 
 METHOD = "fedpft-proxy"

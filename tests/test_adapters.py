@@ -14,9 +14,11 @@ from feddat_flwr.model.adapters import CONFIG_FILE, WEIGHTS_FILE
 from feddat_flwr.model.backbone import ADAPTER_KINDS, ADAPTERS, CONFIGURATIONS, AdaptedBackbone, adapter_spec
 from feddat_flwr.model.bottleneck import BottleneckSpec, load_bottleneck
 from feddat_flwr.model.head import new_head
+from feddat_flwr.packing import unpack
 from feddat_flwr.results import save_adapter
 from feddat_flwr.training.loop import TrainSettings, make_optimizer
 from feddat_flwr.training.steps import fast_step
+from helpers.client_rounds import run_rounds, strategy_and_initial
 
 WIDTH = 6  # unlike the tiny model's hidden size (32), so transposed shapes would show
 
@@ -195,3 +197,18 @@ def test_load_bottleneck_refuses_a_lora_adapter(tiny_cfg, tiny_model_dir, tmp_pa
 def test_config_rejects_a_bad_kind_or_width(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides)
+
+
+def test_two_feddat_rounds_with_bottleneck_adapters_through_the_client_app_and_the_strategy(
+        tiny_model_dir, task_identity):
+    run_config = {"model.name-or-path": tiny_model_dir, "adapter.kind": "bottleneck", "data.max-train": 32,
+                  "data.max-test": 16, "train.batch-size": 16, "num-rounds": 2}
+    strategy, initial = strategy_and_initial(run_config, num_rounds=2, num_nodes=2)
+    assert all(".bottleneck." in k for k in initial)
+    aggregate, contexts = run_rounds(strategy, run_config, initial, [5, 6], 2)
+    assert [r.failures for r in strategy.history] == [[], []]
+    assert all(0 <= r.eval["dat"]["mean"] <= 1 for r in strategy.history)
+    moved = unpack(aggregate.to_torch_state_dict(), initial)
+    assert any(not torch.equal(moved[k], initial[k]) for k in initial if ".up." in k)  # up starts at zero
+    local = contexts[5].state["feddat.local-adapter"].to_torch_state_dict()
+    assert set(local) == set(initial) and any(not torch.equal(local[k], initial[k]) for k in initial)

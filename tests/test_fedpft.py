@@ -5,11 +5,10 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 from datasets import Image as DatasetImage
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord
 from PIL import Image
 from transformers import ViltModel, ViltProcessor
 
-import client_app
 from feddat_flwr.checkpoint import Checkpoint
 from feddat_flwr.config import ConfigError, load_config
 from feddat_flwr.fedpft.alignment import ZeroCounter, align, frozen_neurons, summed_counts
@@ -19,11 +18,9 @@ from feddat_flwr.fedpft.public_data import public_batches
 from feddat_flwr.fedpft.subfm import compressed_parameter_names, ffn_saliency, kept_neurons, sub_fm
 from feddat_flwr.flower.proxy_rounds import PROXY_RECORD, VERSION
 from feddat_flwr.flower.proxy_server import proxy_info, proxy_rounds_for
-from feddat_flwr.flower.round_book import RoundBook
-from feddat_flwr.flower.strategy import FedDAT
 from feddat_flwr.model.backbone import load_backbone_for
-from feddat_flwr.packing import pack
 from feddat_flwr.records import PROXY
+from helpers.client_rounds import run_rounds, strategy_and_initial
 
 
 @pytest.fixture(scope="session")
@@ -143,38 +140,21 @@ def test_fedpft_settings_are_checked_before_training(tiny_model_dir):
     assert load_config({"method": "fedpft-proxy"}).lora["target-modules"] == "query,key,value,attention.output.dense"
 
 
-class TwoNodeGrid:
-    def get_node_ids(self):
-        return [5, 6]
-
-
 def test_two_fedpft_rounds_align_the_proxy_and_send_it_once_through_the_client_app_and_the_strategy(
         fedpft_run_config, task_identity, tmp_path):
     cfg = load_config(fedpft_run_config)
-    full = load_backbone_for(cfg, device="cpu")
+    strategy, initial = strategy_and_initial(fedpft_run_config, num_rounds=2, num_nodes=2)
     proxy_backbone, proxy = proxy_backbone_for(cfg, device="cpu")
-    initial = full.initial_adapter(cfg["seed"])
-    strategy = FedDAT(book=RoundBook(pack(initial), max_update_ratio=100.0, min_valid_replies=1), num_rounds=2,
-                      lr_for_round=lambda r: 0.01, weighting="num-examples",
-                      eval_every=1, fraction_train=1.0, min_train_nodes=2, min_available_nodes=2)
     info = proxy_info(proxy)
-    strategy.use_proxy_rounds(proxy_rounds_for(cfg, full, proxy_backbone, proxy, initial, info))
-    contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": 3},
-                           state=RecordDict(), run_config=fedpft_run_config) for i, n in enumerate((5, 6))}
-    arrays = ArrayRecord(pack(initial))
+    strategy.use_proxy_rounds(proxy_rounds_for(cfg, load_backbone_for(cfg, device="cpu"), proxy_backbone, proxy,
+                                               initial, info))
     sent_layers = []
-    for server_round in (1, 2):
-        train = list(strategy.configure_train(server_round, arrays, ConfigRecord(), TwoNodeGrid()))
-        sent_layers.append([PROXY_RECORD in m.content.array_records for m in train])
-        strategy.book.sent(train)
-        replies = strategy.book.received([client_app.train(m, contexts[m.metadata.dst_node_id]) for m in train])
-        assert [int(r.content["metrics"][VERSION]) for r in replies] == [server_round - 1] * 2
-        arrays, _ = strategy.aggregate_train(server_round, replies)
-        evaluate = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), TwoNodeGrid()))
-        strategy.book.sent(evaluate)
-        strategy.aggregate_evaluate(server_round, strategy.book.received(
-            [client_app.evaluate(m, contexts[m.metadata.dst_node_id]) for m in evaluate]))
 
+    def on_train(server_round, train, replies):
+        sent_layers.append([PROXY_RECORD in m.content.array_records for m in train])
+        assert [int(r.content["metrics"][VERSION]) for r in replies] == [server_round - 1] * 2
+
+    _, contexts = run_rounds(strategy, fedpft_run_config, initial, [5, 6], 2, on_train)
     assert sent_layers == [[False, False], [True, True]]  # the aligned layers go out once, to each node
     assert strategy.proxy_rounds.version == 1 and len(info["alignments"]) == 1  # none after the last round
     layer_bytes = ArrayRecord(strategy.proxy_rounds.tensors).count_bytes()
