@@ -6,23 +6,26 @@
 For each model size, the same step (fedpft-proxy trains with FedAvg's step: LoRA on the attention
 plus the head, task loss) runs on the full model and on its FedPFT proxy (FFNs of all but the first
 and last layer cut to a quarter, by saliency). Each (model, proxy or full) runs in a fresh
-process, so its peak resident memory (ru_maxrss: weights, activations, optimizer state) is its
-own. The default model is the embedded one with its distilled proxy as the run builds it; the
+process, so its memory figures are its own. The default model is the embedded one with its distilled proxy as the run builds it; the
 ViLT-B/32-sized model has random weights (cut by saliency, not distilled: timing only).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from transformers import ViltModel
 
@@ -58,14 +61,33 @@ def one(config: str, model: str, path: str, batch_size: int, steps: int) -> dict
     batch["targets"] = batch.pop("labels")
     s = TrainSettings.from_config(cfg, lr=1e-4)
     step, optimizer = get_method(METHOD).step("fast"), make_optimizer(backbone, head, s)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give back what loading the full checkpoint left free
+    before = _rss_mb()
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:  # activations live inside a step: sample the resident set while steps run
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], _rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     times = []
     for i in range(steps + 2):  # 2 warm-up steps
         start = time.perf_counter()
         step(backbone, head, optimizer, batch, s)
         if i >= 2:
             times.append(time.perf_counter() - start)
-    return {"ms": statistics.median(times) * 1000, "peak-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "parameters": sum(p.numel() for n, p in backbone.vilt.named_parameters() if "lora_" not in n)}
+    done.set()
+    sampler.join()
+    weights = sum(p.numel() * p.element_size() for n, p in backbone.vilt.named_parameters() if "lora_" not in n)
+    return {"ms": statistics.median(times) * 1000, "weights-mb": weights / 2**20,
+            "resident-mb": before, "step-mb": peak[0] - before,
+            "peak-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["## Client step on the FedPFT proxy vs the full model (CPU, each in its own process)", "",
              "Command: `python benchmarks/proxy.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
              f"torch threads {torch.get_num_threads()}, median of {args.steps} steps (fedpft-proxy's step).", "",
-             "| model | batch | parameters full | parameters proxy | step ms full | step ms proxy | proxy/full time "
-             "| peak RSS MB full | peak RSS MB proxy | proxy/full memory |", "|" + "---|" * 10]
+             "Weights: the backbone's frozen parameters (MB); resident: the process before its first step "
+             "(weights, data, libraries); step: the most the resident set grew during a step (activations, "
+             "gradients, optimizer state); peak: the process's peak, which for the proxy includes loading the "
+             "full checkpoint it is cut from.", "",
+             "| model | batch | weights MB full / proxy | step ms full / proxy | time proxy/full "
+             "| resident MB full / proxy | step MB full / proxy | step memory proxy/full | peak RSS MB full / proxy |",
+             "|" + "---|" * 9]
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
             path = (resolve_model_path("default") if config == "default"
@@ -98,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                                      capture_output=True, text=True, check=True)
                 r[model] = json.loads(out.stdout.strip().splitlines()[-1])
             f, p = r["full"], r["proxy"]
-            lines.append(f"| {config} | {args.batch if config == 'default' else args.batch_b32} | "
-                         f"{f['parameters'] / 1e6:.2f} M | {p['parameters'] / 1e6:.2f} M | {f['ms']:.1f} | {p['ms']:.1f} "
-                         f"| {p['ms'] / f['ms']:.2f} | {f['peak-rss-mb']:.0f} | {p['peak-rss-mb']:.0f} "
-                         f"| {p['peak-rss-mb'] / f['peak-rss-mb']:.2f} |")
+            lines.append(f"| {config} | {args.batch if config == 'default' else args.batch_b32} "
+                         f"| {f['weights-mb']:.1f} / {p['weights-mb']:.1f} | {f['ms']:.1f} / {p['ms']:.1f} "
+                         f"| {p['ms'] / f['ms']:.2f} | {f['resident-mb']:.0f} / {p['resident-mb']:.0f} "
+                         f"| {f['step-mb']:.0f} / {p['step-mb']:.0f} | {p['step-mb'] / max(f['step-mb'], 1e-9):.2f} "
+                         f"| {f['peak-rss-mb']:.0f} / {p['peak-rss-mb']:.0f} |")
             print(lines[-1], flush=True)
     return report(lines, args.out)
 
