@@ -19,7 +19,10 @@ CORE = ["feddat_flwr.client", "feddat_flwr.client_state", "feddat_flwr.config", 
         "feddat_flwr.model.default_model", "feddat_flwr.data.partition", "feddat_flwr.data.views",
         "feddat_flwr.data.client_data", "feddat_flwr.data.vqa_format", "feddat_flwr.data.loader",
         "feddat_flwr.data.answers", "feddat_flwr.data.cli",
-        "feddat_flwr.tools.launch", "feddat_flwr.tools.compare", "feddat_flwr.tools.tune"]
+        "feddat_flwr.tools.launch", "feddat_flwr.tools.compare", "feddat_flwr.tools.tune", "feddat_flwr.tools.grid",
+        "feddat_flwr.model.adapters", "feddat_flwr.model.lora", "feddat_flwr.model.bottleneck",
+        *(f"feddat_flwr.fedpft.{m}" for m in ("subfm", "distill", "public_data", "proxy", "alignment", "backbone",
+                                               "settings"))]
 
 
 def test_the_core_and_the_tools_never_import_flower():
