@@ -8,6 +8,7 @@ its train split's images and questions are used (the answers are not).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,18 +32,26 @@ def default_corpus() -> tuple[Dataset, list[str]]:
 
 
 def dataset_corpus(path: str, seed: int) -> tuple[Dataset, list[str], Path]:
-    """(rows, questions, root) of the train split of a dataset in the client-dataset format."""
+    """(rows, questions, root) of the train split of a dataset in the client-dataset format (a single
+    Dataset: the part outside its seeded 20 % hold-out)."""
     data = load_vqa(Path(path), test_fraction=0.2, seed=seed)
     return data.train, read_split(data.train, path, "train").questions, Path(path)
 
 
-def public_batches(public_data: str, processor, *, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless model-ready batches of the public data, reshuffled (seeded) every pass."""
+@functools.lru_cache(maxsize=2)
+def _public_split(public_data: str, processor) -> ClientSplit:
+    """The public data as a split, once per process: its processed images are kept (within the
+    loader's budget) for the next alignment."""
     if public_data:
-        rows, texts, root = dataset_corpus(public_data, seed)
+        rows, texts, root = dataset_corpus(public_data, seed=0)
     else:
         (rows, texts), root = default_corpus(), None
-    split = ClientSplit(rows, texts, [None] * len(texts), processor.image_processor, root=root)
+    return ClientSplit(rows, texts, [None] * len(texts), processor.image_processor, root=root)
+
+
+def public_batches(public_data: str, processor, *, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless model-ready batches of the public data, reshuffled (seeded) every pass."""
+    split = _public_split(public_data, processor)
     collator = Collator(processor.tokenizer, num_labels=1, multi_answer=False)
     generator = torch.Generator().manual_seed(seed)
     while True:
