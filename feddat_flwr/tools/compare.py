@@ -78,7 +78,22 @@ def collect(out: Path, presets, methods, seeds) -> list[dict]:
                          "mean": statistics.fmean(bytes_total), "std": 0.0, "seeds": len(runs)})
             rows.append({"preset": preset, "method": method, "variant": variant, "column": "seconds",
                          "mean": statistics.fmean(seconds), "std": 0.0, "seeds": len(runs)})
+            rows.append({"preset": preset, "method": method, "variant": variant, "column": "client-seconds",
+                         "mean": statistics.fmean(_client_seconds(r) for r in runs), "std": 0.0, "seeds": len(runs)})
     return rows
+
+
+EXTRA = ("bytes", "seconds", "client-seconds")  # the columns after the accuracies
+
+
+def _client_seconds(results) -> float:
+    """A client's training time over the run, averaged over the clients (each round's `train` seconds)."""
+    totals: dict[str, float] = {}
+    for record in results.rounds:
+        for pid, client in record.clients.items():
+            if client.train:
+                totals[pid] = totals.get(pid, 0.0) + client.train["seconds"]
+    return statistics.fmean(totals.values()) if totals else 0.0
 
 
 def markdown(rows: list[dict], command: str) -> str:
@@ -87,15 +102,17 @@ def markdown(rows: list[dict], command: str) -> str:
              "Personalised test accuracy per client (each method's own personalised model: `dat` for "
              "FedDAT and no-KD, the aggregate + private head for FedAvg/FedProx/no-local, the local "
              "adapter for local-only), mean ± std over seeds; **bold**: best mean per column. "
-             "Communication: bytes of adapters exchanged over the run; time: sum of round times.", ""]
+             "Communication: bytes exchanged over the run (adapters, and FedPFT's aligned proxy layers); "
+             "seconds: sum of round times; client s: a client's training time over the run (mean over "
+             "clients).", ""]
     for preset in dict.fromkeys(r["preset"] for r in rows):
-        acc = [r for r in rows if r["preset"] == preset and r["column"] not in ("bytes", "seconds")]
+        acc = [r for r in rows if r["preset"] == preset and r["column"] not in EXTRA]
         columns = list(dict.fromkeys(r["column"] for r in acc))
         best = {c: max(r["mean"] for r in acc if r["column"] == c) for c in columns}
         lines += [f"## {preset}", "",
                   "| method | " + " | ".join(f"client {c}" if c != "avg" else "average" for c in columns)
-                  + " | MB exchanged | seconds |",
-                  "|---|" + "---|" * (len(columns) + 2)]
+                  + " | MB exchanged | seconds | client s |",
+                  "|---|" + "---|" * (len(columns) + 3)]
         for method in dict.fromkeys(r["method"] for r in acc):
             cells = []
             for c in columns:
@@ -103,10 +120,10 @@ def markdown(rows: list[dict], command: str) -> str:
                 text = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}"
                 cells.append(f"**{text}**" if r["mean"] == best[c] else text)
             extra = {x["column"]: x["mean"] for x in rows
-                     if x["preset"] == preset and x["method"] == method and x["column"] in ("bytes", "seconds")}
+                     if x["preset"] == preset and x["method"] == method and x["column"] in EXTRA}
             seeds = next(x["seeds"] for x in acc if x["method"] == method)
             lines.append(f"| {method} (n={seeds}) | " + " | ".join(cells)
-                         + f" | {extra['bytes'] / 1e6:.1f} | {extra['seconds']:.0f} |")
+                         + f" | {extra['bytes'] / 1e6:.1f} | {extra['seconds']:.0f} | {extra['client-seconds']:.0f} |")
         lines += ["", verdict([r for r in acc if r["column"] == "avg"]), ""]
     return "\n".join(lines)
 
