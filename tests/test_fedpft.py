@@ -165,6 +165,8 @@ def test_two_fedpft_rounds_align_the_proxy_and_send_it_once_through_the_client_a
     assert {PROXY, "shared"} <= set(second.eval) and 0 <= second.eval[PROXY]["mean"] <= 1
     state = contexts[5].state
     assert int(state["feddat.meta"]["proxy-version"]) == 1 and "feddat.proxy" in state
+    local = state["feddat.local-adapter"].to_torch_state_dict()
+    assert all(torch.equal(local[k], v) for k, v in initial.items())  # only the shared LoRA trains
 
     proxy_state, proxy_layers = strategy.proxy_rounds.state()
     Checkpoint("k", 2, initial, None, 0.0, (3, (1, 2), None), {}, proxy_state, proxy_layers).save(tmp_path)
