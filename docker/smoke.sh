@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# Build both images and run a TLS + SuperNode-authentication federation in them, from nothing:
+# installs podman (Debian/Ubuntu, as root), makes a local base image, builds the SuperLink and
+# SuperNode images, starts docker/compose.yaml with podman-compose on the host network, runs a
+# 2-round tiny federation (SuperNode 0 on its own dataset from its own volume, the others on
+# embedded partitions), checks results.json, then removes every container, volume and image it
+# made. About 16 minutes on 2 cores; see docker/README.md ("The smoke test").
+#
+#   docker/smoke.sh                 (make smoke-containers)
+#
+# Settings (environment variables):
+#   BASE_IMAGE      an image with Python 3.11+ as `python` to build on; unset: one is made with
+#                   mmdebstrap (Debian bookworm, no registry needed)
+#   TORCH_INDEX     where the CPU torch wheel comes from; unset: PyTorch's CPU index, or this
+#                   machine's package index when PyTorch's is not reachable
+#   SUPERLINK_PORT  the SuperLink's port on 127.0.0.1 [8000]; SuperNodes use 9094-9096
+#   KEEP_IMAGES=1   keep the images (and their build cache) for the next run
+#   CUDA=1          also build the CUDA SuperNode image (~5.5 GB of wheels), report its size and
+#                   CUDA version, and remove it (nothing runs on it: no GPU needed)
+# Every name it creates starts with feddat-smoke (containers, volumes) or is tagged :smoke
+# (images); it removes those at start, so a run after a failed one starts clean. On failure it
+# names the failing step, keeps its logs in $WORK (/tmp/feddat-smoke) and exits non-zero. The
+# last line holds the measured time of every step.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+work=${WORK:-/tmp/feddat-smoke}
+project=feddat-smoke
+tag=smoke
+superlink_image=localhost/feddat-flwr-superlink:$tag
+supernode_image=localhost/feddat-flwr-supernode:$tag
+cuda_image=localhost/feddat-flwr-supernode:$tag-cuda
+own_base_image=localhost/feddat-flwr-base:$tag
+port=${SUPERLINK_PORT:-8000}
+app_uid=1000  # the images' default APP_UID: the keys are chowned to it
+tools=${XDG_CACHE_HOME:-$HOME/.cache}/feddat-flwr-smoke  # podman-compose's venv, kept like apt's packages
+run_dir=/outputs/smoke
+# podman's settings for this run only (/etc is left alone): runc, as crun 1.8 fails on hybrid
+# cgroups ("cgroups in hybrid mode not supported"), and ulimits a root without CAP_SYS_RESOURCE
+# may set (podman's defaults fail with "setrlimit RLIMIT_NOFILE: Operation not permitted").
+export CONTAINERS_CONF=$work/containers.conf
+
+log() { echo "smoke: $*" >&2; }
+
+current=setup
+times=()
+step() {  # step NAME COMMAND...: run it, record its time; a failure exits through on_exit
+    current=$1
+    shift
+    local start=$SECONDS
+    log "== $current"
+    "$@"
+    times+=("$current=$((SECONDS - start))s")
+}
+
+# -- clean-up (by this script's own names only) ------------------------------------------------
+containers() { podman ps -a --format '{{.Names}}' | grep -E "^$project[-_]" || true; }
+volumes() { podman volume ls --format '{{.Name}}' | grep -E "^${project}_" || true; }
+
+remove_all() {
+    local names image
+    names=$(containers)
+    if [[ -n "$names" ]]; then podman rm -f -t 5 $names >/dev/null; fi
+    names=$(volumes)
+    if [[ -n "$names" ]]; then podman volume rm -f $names >/dev/null; fi
+    [[ "${KEEP_IMAGES:-0}" != 1 ]] || return 0
+    for image in "$superlink_image" "$supernode_image" "$cuda_image" "$own_base_image"; do
+        if podman image exists "$image"; then podman rmi -f "$image" >/dev/null; fi
+    done
+    # the builds' stage images (requirements, deps, app) carry the label the builds set
+    names=$(podman images -a -q --filter "label=io.feddat.smoke=$tag" | sort -u)
+    if [[ -n "$names" ]]; then podman rmi -f $names >/dev/null; fi
+}
+
+on_exit() {
+    local rc=$? name
+    trap - EXIT INT TERM
+    set +e
+    if [[ $rc -ne 0 ]]; then
+        log "FAILED in step '$current' (exit $rc); logs: $work/logs"
+        for name in $(containers 2>/dev/null); do
+            log "--- last lines of $name"
+            podman logs --tail 25 "$name" 2>&1 | sed 's/^/    /' >&2
+        done
+    fi
+    if command -v podman >/dev/null && ! remove_all; then
+        log "clean-up failed: see podman ps -a / volume ls / images for $project and :$tag"
+        rc=1
+    fi
+    if [[ $rc -eq 0 ]]; then
+        rm -rf "$work"
+        echo "smoke: ok ${times[*]} total=${SECONDS}s"
+    fi
+    exit $rc
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+# -- steps -------------------------------------------------------------------------------------
+install() {
+    local packages=(podman runc crun slirp4netns fuse-overlayfs uidmap containernetworking-plugins iptables
+                    catatonit mmdebstrap openssl openssh-client python3-venv)
+    if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null \
+            || ! command -v ssh-keygen >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" \
+            >"$work/logs/apt.log"
+    fi
+    if [[ ! -x "$tools/bin/podman-compose" ]]; then
+        python3 -m venv "$tools"
+        "$tools/bin/pip" install --quiet "podman-compose==1.6.0"
+    fi
+}
+
+make_base() {  # Debian bookworm with python3 and a venv at /opt/venv first on PATH (Python 3.11);
+    # one kept with KEEP_IMAGES=1 is reused (a new import would invalidate the whole build cache)
+    podman image exists "$own_base_image" && return
+    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,passwd,ca-certificates \
+        --customize-hook='chroot "$1" python3 -m venv /opt/venv' bookworm "$work/base.tar" \
+        >"$work/logs/mmdebstrap.log" 2>&1
+    podman import --quiet \
+        --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        "$work/base.tar" "$own_base_image" >/dev/null
+    rm "$work/base.tar"
+}
+
+# This machine's pip settings (`pip config list`: its files and PIP_* variables) as a pip.conf at
+# /etc/pip.conf in the build, with every file and folder they name mounted read-only; a file://
+# index is mounted with its parent folder, where a local index keeps the files its pages link
+# to. Nothing when pip has no settings (a machine with plain internet). Sets build_mounts.
+# pip_settings CONF [KEY...]: write CONF without the keys given.
+build_mounts=()
+pip_settings() {
+    local conf=$1 section key value token path
+    shift
+    local -A settings=()
+    local lines
+    lines=$(python3 -m pip config list 2>/dev/null | sed -n "s/^\([^.]*\)\.\([^=]*\)='\(.*\)'$/\1 \2 \3/p")
+    # PIP_* variables (section :env:) win over the files, as in pip
+    while read -r section key value; do
+        [[ -n "$key" ]] && settings[${section/#:env:/global}.$key]=$value
+    done < <(grep -v '^:env: ' <<<"$lines"; grep '^:env: ' <<<"$lines")
+    for key in "$@"; do
+        unset "settings[global.$key]"
+    done
+    build_mounts=()
+    [[ ${#settings[@]} -gt 0 ]] || return 0
+    for section in $(printf '%s\n' "${!settings[@]}" | cut -d. -f1 | sort -u); do
+        echo "[$section]"
+        for key in "${!settings[@]}"; do
+            [[ "$key" == "$section".* ]] && echo "${key#*.} = ${settings[$key]}"
+        done
+    done >"$conf"
+    build_mounts=(-v "$conf:/etc/pip.conf:ro")
+    for value in "${settings[@]}"; do
+        for token in $value; do
+            path=${token#file://}
+            [[ "$token" == file://* && -d "$path" ]] && path=$(dirname "$path")
+            [[ "$path" == /* && -e "$path" ]] && build_mounts+=(-v "$path:$path:ro")
+        done
+    done
+}
+
+package_index() {  # the index pip uses here (pip config or PIP_INDEX_URL), else PyPI
+    python3 -m pip config get global.index-url 2>/dev/null || echo "${PIP_INDEX_URL:-https://pypi.org/simple}"
+}
+
+build() {  # build TARGET IMAGE [--build-arg ...]: one role of docker/Dockerfile, logged to logs/IMAGE.log
+    local target=$1 image=$2
+    shift 2
+    podman build --format docker --network host --layers --label "io.feddat.smoke=$tag" \
+        -f "$root/docker/Dockerfile" --target "$target" -t "$image" --build-arg BASE_IMAGE="$base_image" \
+        "${build_mounts[@]}" "$@" "$root" >"$work/logs/${image##*/}.log" 2>&1
+}
+
+# The CUDA SuperNode, built and inspected, not run. torch comes from the package index (its Linux
+# wheels are CUDA builds); find-links are left out, since a local CPU wheel there (2.13.0+cpu)
+# would win over the index's 2.13.0. No baked model: nothing runs on this image here.
+build_cuda() {
+    pip_settings "$work/pip-cuda.conf" find-links
+    build supernode "$cuda_image" --build-arg TORCH_INDEX="$(package_index)"
+    log "CUDA image: $(podman image inspect --format '{{.Size}}' "$cuda_image" | numfmt --to=si)B, torch" \
+        "$(podman run --rm --no-healthcheck --name "$project-cuda" --entrypoint python "$cuda_image" -c \
+            'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
+    podman rmi "$cuda_image" >/dev/null
+}
+
+compose() {
+    FEDDAT_CERTS=$work/certs IMAGE_TAG=$tag SUPERLINK_PORT=$port SUPERNODE_0_DATA=/dataset \
+        "$tools/bin/podman-compose" --in-pod false -p "$project" \
+        -f "$root/docker/compose.yaml" -f "$root/docker/compose.hostnet.yaml" "$@" \
+        >>"$work/logs/compose.log" 2>&1
+}
+
+flwr_cli() {  # flwr ARGS... in a one-shot SuperLink container, connection "smoke", the app at /src
+    podman run --rm --no-healthcheck --name "$project-flwr" --network host --env-file "$root/deploy/offline.env" \
+        -v "$work/certs/ca.crt:/certs/ca.crt:ro" -v "$root:/src:ro" --entrypoint /bin/bash "$superlink_image" -c '
+            export FLWR_HOME=/tmp/flwr-home && mkdir -p "$FLWR_HOME"
+            printf "[superlink]\ndefault = \"smoke\"\n\n[superlink.smoke]\naddress = \"127.0.0.1:%s\"\nroot-certificates = \"/certs/ca.crt\"\n" \
+                "$0" >"$FLWR_HOME/config.toml"
+            exec flwr "$@"' "$port" "$@"
+}
+
+healthy() {  # healthy CONTAINER: run its HEALTHCHECK by hand (no systemd timer runs it) until it passes
+    local deadline=$((SECONDS + 120))
+    until podman healthcheck run "$1" >/dev/null 2>&1; do
+        [[ "$(podman inspect --format '{{.State.Running}}' "$1")" == true ]] || { log "$1 exited"; return 1; }
+        ((SECONDS < deadline)) || { log "$1 not healthy after 120 s"; return 1; }
+        sleep 2
+    done
+}
+
+json() {  # json EXPR < JSON: a field of flwr's JSON reply
+    python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"
+}
+
+federation() {
+    local name ready=0 run_id status
+    for p in "$port" 9094 9095 9096; do
+        ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { log "port $p is in use (SUPERLINK_PORT=...)"; return 1; }
+    done
+    NUM_SUPERNODES=3 "$root/deploy/make-certs.sh" "$work/certs" superlink >/dev/null
+    chown "$app_uid" "$work"/certs/*.key  # mode 600, read by the containers' user
+
+    # SuperNode 0's own dataset: 24 training / 12 test questions written by the image's
+    # `python -m feddat_flwr.data` into its dataset volume (the other nodes cap theirs at 32 / 16,
+    # which tells them apart in results.json)
+    podman volume create "${project}_supernode-0-dataset" >/dev/null
+    podman run --rm --no-healthcheck --name "$project-dataset" --user 0 -v "${project}_supernode-0-dataset:/dataset" \
+        --entrypoint /bin/bash "$supernode_image" -c '
+            python -m feddat_flwr.data split --easy-vqa --num-partitions 3 -c data.max-train=24 \
+                -c data.max-test=12 --out /tmp/parts && cp -r /tmp/parts/partition_0/. /dataset/' \
+        >"$work/logs/dataset.log" 2>&1
+
+    # podman 4.3 cannot wait for service_healthy: start in the order compose.yaml declares
+    compose up -d --no-build --no-deps superlink
+    healthy "${project}_superlink_1"
+    compose up -d --no-build --no-deps register
+    [[ "$(podman wait "${project}_register_1")" == 0 ]] || { log "register exited non-zero"; return 1; }
+    compose up -d --no-build --no-deps supernode-0 supernode-1 supernode-2
+    for i in 0 1 2; do
+        healthy "${project}_supernode-${i}_1"
+    done
+    for _ in $(seq 60); do
+        ready=$(flwr_cli supernode list smoke --format json \
+                | json 'sum(n.get("status") == "online" for n in d.get("nodes", []))' || true)
+        [[ "$ready" == 3 ]] && break
+        sleep 2
+    done
+    [[ "$ready" == 3 ]] || { log "only $ready of 3 SuperNodes online"; return 1; }
+
+    run_id=$(flwr_cli run /src smoke --format json --run-config "num-rounds=2 data.max-train=32 \
+        data.max-test=16 train.batch-size=16 strategy.eval-every=2 strategy.min-train-clients=3 \
+        strategy.min-available-clients=3 output-dir='$run_dir'" | json 'd["run-id"]')
+    log "run $run_id submitted"
+    for _ in $(seq 90); do
+        status=$(flwr_cli ls smoke --run-id "$run_id" --format json | json 'd["runs"][0]["status"]' || true)
+        [[ "$status" == finished* ]] && break
+        sleep 10
+    done
+    [[ "$status" == finished:completed ]] || { log "run $run_id: ${status:-no status}"; return 1; }
+    podman cp "${project}_superlink_1:$run_dir/results.json" "$work/results.json"
+    check_results "$work/results.json"
+}
+
+check_results() {  # 2 rounds, all 3 clients every round, no failure; client 0 on its own dataset
+    python3 - "$1" <<'EOF'
+import json, sys
+rounds = json.load(open(sys.argv[1]))["rounds"]
+assert [r["round"] for r in rounds] == [1, 2], [r["round"] for r in rounds]
+for r in rounds:
+    assert set(r["clients"]) == {"0", "1", "2"} and r["failures"] == [], (r["clients"].keys(), r["failures"])
+sizes = {pid: (c["num-examples"], c["eval"]["num-examples"]) for pid, c in rounds[-1]["clients"].items()}
+assert sizes == {"0": (24, 12), "1": (32, 16), "2": (32, 16)}, sizes
+accuracy = {variant: round(v["mean"], 3) for variant, v in rounds[-1]["eval"].items()}
+print(f"smoke: results.json: 2 rounds of clients 0-2, client 0 on its own dataset; accuracy {accuracy}",
+      file=sys.stderr)
+EOF
+}
+
+# -- main --------------------------------------------------------------------------------------
+[[ $(id -u) == 0 ]] || { log "run as root (rootful podman; apt-get installs what is missing)"; exit 2; }
+rm -rf "$work"
+mkdir -p "$work/logs"
+printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n\n[engine]\nruntime = "runc"\n' \
+    >"$CONTAINERS_CONF"
+step install install
+remove_all  # what an earlier run left
+if [[ -n "${BASE_IMAGE:-}" ]]; then
+    base_image=$BASE_IMAGE
+else
+    base_image=$own_base_image
+    step base make_base
+fi
+pip_settings "$work/pip.conf"
+if [[ -z "${TORCH_INDEX:-}" ]] && ! python3 -c \
+        "import urllib.request; urllib.request.urlopen('https://download.pytorch.org/whl/cpu/torch/', timeout=10)" 2>/dev/null; then
+    TORCH_INDEX=$(package_index)
+    log "download.pytorch.org is not reachable: torch from $TORCH_INDEX"
+fi
+# The model is baked once into the stage both roles share (~3 CPU minutes): four containers
+# building their own copy at start would take twice that on 2 cores.
+args=(--build-arg BAKE_MODEL=1)
+if [[ -n "${TORCH_INDEX:-}" ]]; then args+=(--build-arg "TORCH_INDEX=$TORCH_INDEX"); fi
+step build-superlink build superlink "$superlink_image" "${args[@]}"
+step build-supernode build supernode "$supernode_image" "${args[@]}"
+[[ "${CUDA:-0}" != 1 ]] || step build-supernode-cuda build_cuda
+step federation federation
