@@ -78,6 +78,11 @@ on_exit() {
     set +e
     if [[ $rc -ne 0 ]]; then
         log "FAILED in step '$current' (exit $rc); logs: $work/logs"
+        name=$(ls -t "$work/logs" 2>/dev/null | head -1)
+        if [[ -n "$name" ]]; then
+            log "--- last lines of logs/$name"
+            tail -n 15 "$work/logs/$name" | sed 's/^/    /' >&2
+        fi
         for name in $(containers 2>/dev/null); do
             log "--- last lines of $name"
             podman logs --tail 25 "$name" 2>&1 | sed 's/^/    /' >&2
