@@ -59,17 +59,22 @@ volumes() { podman volume ls --format '{{.Name}}' | grep -E "^${project}_" || tr
 
 remove_all() {
     local names image
+    local out=$work/logs/clean.log
     names=$(containers)
-    if [[ -n "$names" ]]; then podman rm -f -t 5 $names >/dev/null; fi
+    if [[ -n "$names" ]]; then
+        # stopped first: `rm -f` of running containers races with their exit in podman 4.3
+        podman stop -t 15 $names >>"$out" 2>&1 || true
+        podman rm -f $names >>"$out" 2>&1
+    fi
     names=$(volumes)
-    if [[ -n "$names" ]]; then podman volume rm -f $names >/dev/null; fi
+    if [[ -n "$names" ]]; then podman volume rm -f $names >>"$out" 2>&1; fi
     [[ "${KEEP_IMAGES:-0}" != 1 ]] || return 0
     for image in "$superlink_image" "$supernode_image" "$cuda_image" "$own_base_image"; do
-        if podman image exists "$image"; then podman rmi -f "$image" >/dev/null; fi
+        if podman image exists "$image"; then podman rmi -f "$image" >>"$out" 2>&1; fi
     done
     # the builds' stage images (requirements, deps, app) carry the label the builds set
     names=$(podman images -a -q --filter "label=io.feddat.smoke=$tag" | sort -u)
-    if [[ -n "$names" ]]; then podman rmi -f $names >/dev/null; fi
+    if [[ -n "$names" ]]; then podman rmi -f $names >>"$out" 2>&1; fi
 }
 
 on_exit() {
@@ -98,9 +103,6 @@ on_exit() {
     fi
     exit $rc
 }
-trap on_exit EXIT
-trap 'exit 130' INT TERM
-
 # -- steps -------------------------------------------------------------------------------------
 install() {
     local packages=(podman runc crun slirp4netns fuse-overlayfs uidmap containernetworking-plugins iptables
@@ -113,7 +115,7 @@ install() {
     fi
     if [[ ! -x "$tools/bin/podman-compose" ]]; then
         python3 -m venv "$tools"
-        "$tools/bin/pip" install --quiet "podman-compose==1.6.0"
+        "$tools/bin/pip" install --quiet "podman-compose==1.6.0" >"$work/logs/pip.log" 2>&1
     fi
 }
 
@@ -287,10 +289,12 @@ EOF
 [[ $(id -u) == 0 ]] || { log "run as root (rootful podman; apt-get installs what is missing)"; exit 2; }
 rm -rf "$work"
 mkdir -p "$work/logs"
+trap on_exit EXIT
+trap 'exit 130' INT TERM
 printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n\n[engine]\nruntime = "runc"\n' \
     >"$CONTAINERS_CONF"
 step install install
-remove_all  # what an earlier run left
+step clean remove_all  # what an earlier run left
 if [[ -n "${BASE_IMAGE:-}" ]]; then
     base_image=$BASE_IMAGE
 else

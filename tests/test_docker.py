@@ -5,6 +5,7 @@ built and run for real by docker/smoke.sh (`make smoke-containers`, not part of 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -80,9 +81,9 @@ def test_dockerfile_passes_hadolint():
 
 def test_both_roles_share_one_dependency_stage_installed_before_the_code():
     stages = _stages()
-    assert list(stages) == ["requirements", "deps", "app", *ROLES]
+    assert list(stages) == ["requirements", "deps", "model", "app", *ROLES]
     assert stages["deps"][0] == stages["requirements"][0] == "${BASE_IMAGE}"
-    assert stages["app"][0] == "deps" and all(stages[role][0] == "app" for role in ROLES)
+    assert stages["model"][0] == stages["app"][0] == "deps" and all(stages[role][0] == "app" for role in ROLES)
     deps = stages["deps"][1]
     # the dependency stage sees the requirement list only, never the code or the rest of pyproject.toml
     assert [a for i, a in deps if i == "COPY"] == ["--from=requirements /src/requirements.txt /tmp/requirements.txt"]
@@ -94,7 +95,8 @@ def test_both_roles_share_one_dependency_stage_installed_before_the_code():
     # without its dependencies (all there), conf/ copied in first (the wheel force-includes it)
     install = next(k for k, (i, a) in enumerate(app) if i == "RUN" and "pip install --no-cache-dir --no-deps /tmp/src" in a)
     copies = [a for i, a in app[:install] if i == "COPY"]
-    assert copies == ["pyproject.toml README.md /tmp/src/", "conf/ /tmp/src/conf/", "feddat_flwr/ /tmp/src/feddat_flwr/"]
+    assert copies == ["--from=model --chown=${APP_UID} /cache/ /cache/", "pyproject.toml /tmp/src/", "conf/ /tmp/src/conf/",
+                      "feddat_flwr/ /tmp/src/feddat_flwr/"]
     assert "conf/base.yaml" in app[install][1]  # the build checks conf/ is inside the installed package
     assert ("COPY", "deploy/ /app/deploy/") in app[install:]
     args = {a.split("=", 1)[0]: a.split("=", 1)[1] for _, (_, ins) in stages.items() for i, a in ins
@@ -103,6 +105,36 @@ def test_both_roles_share_one_dependency_stage_installed_before_the_code():
     assert args["TORCH_VERSION"] == makefile_torch  # the images run the torch the tests ran
     assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu" and args["BAKE_MODEL"] == "0"
     assert re.search(r"^ARG BASE_IMAGE=python:3.11-slim$", DOCKERFILE.read_text(), re.M)
+
+
+def _feddat_imports(path: Path) -> set[str]:
+    """The feddat_flwr modules `path` imports (anywhere in it)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("feddat_flwr"):
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("feddat_flwr"))
+    return names
+
+
+def test_model_stage_copies_exactly_what_the_model_recipe_imports():
+    """The baked model depends on its recipe only: the model stage copies default_model.py and
+    every feddat_flwr module it imports (transitively, with their packages' __init__.py)."""
+    needed, todo = set(), ["feddat_flwr.model.default_model"]
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        files = [Path(*parts[:k], "__init__.py") for k in range(1, len(parts))]
+        own = Path(*parts, "__init__.py") if (ROOT / Path(*parts)).is_dir() else Path(*parts[:-1], parts[-1] + ".py")
+        for f in {*files, own} - needed:
+            needed.add(f)
+            todo.extend(_feddat_imports(ROOT / f))
+    copied = set()
+    for i, args in _stages()["model"][1]:
+        if i == "COPY":
+            copied.update(Path(s) for s in args.split()[:-1])
+    assert copied == needed
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -123,7 +155,7 @@ def test_dockerignore_sends_only_what_the_dockerfile_copies():
                 if ln.strip() and not ln.startswith("#")]
     assert patterns[0] == "*"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {s.rstrip("/") for s in _copied_sources()}
+    assert allowed == {s.split("/")[0] for s in _copied_sources()}
 
     def sent(path: str) -> bool:  # docker's rule: the last matching pattern decides
         verdict = True
