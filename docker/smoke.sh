@@ -56,6 +56,17 @@ step() {  # step NAME COMMAND...: run it, record its time; a failure exits throu
 # -- clean-up (by this script's own names only) ------------------------------------------------
 containers() { podman ps -a --format '{{.Names}}' | grep -E "^$project[-_]" || true; }
 volumes() { podman volume ls --format '{{.Name}}' | grep -E "^${project}_" || true; }
+# buildah's working containers that an interrupted build of ours left: each is named after the
+# image its step started from, one of the builds' labelled images or the base image made here
+working_containers() {
+    local starts id name
+    starts=$(podman images -a -q --filter "label=io.feddat.smoke=$tag"; basename "${own_base_image%:*}")
+    podman ps -a --external --format '{{.ID}} {{.Names}}' | while read -r id name; do
+        if [[ "$name" == *-working-container* ]] && grep -qxF "${name%-working-container*}" <<<"$starts"; then
+            echo "$id"
+        fi
+    done
+}
 
 remove_all() {
     local names image
@@ -66,6 +77,8 @@ remove_all() {
         podman stop -t 15 $names >>"$out" 2>&1 || true
         podman rm -f $names >>"$out" 2>&1
     fi
+    names=$(working_containers)
+    if [[ -n "$names" ]]; then podman rm -f $names >>"$out" 2>&1; fi
     names=$(volumes)
     if [[ -n "$names" ]]; then podman volume rm -f $names >>"$out" 2>&1; fi
     [[ "${KEEP_IMAGES:-0}" != 1 ]] || return 0
@@ -172,10 +185,13 @@ package_index() {  # the index pip uses here (pip config or PIP_INDEX_URL), else
     python3 -m pip config get global.index-url 2>/dev/null || echo "${PIP_INDEX_URL:-https://pypi.org/simple}"
 }
 
-build() {  # build TARGET IMAGE [--build-arg ...]: one role of docker/Dockerfile, logged to logs/IMAGE.log
+# build TARGET IMAGE [--build-arg ...]: one role of docker/Dockerfile, logged to logs/IMAGE.log.
+# --isolation chroot: RUN steps are podman's own child processes, so an interrupted build stops
+# them too (with OCI isolation, podman 4.3 leaves a running step behind, e.g. a model bake).
+build() {
     local target=$1 image=$2
     shift 2
-    podman build --format docker --network host --layers --label "io.feddat.smoke=$tag" \
+    podman build --format docker --isolation chroot --network host --layers --force-rm --label "io.feddat.smoke=$tag" \
         -f "$root/docker/Dockerfile" --target "$target" -t "$image" --build-arg BASE_IMAGE="$base_image" \
         "${build_mounts[@]}" "$@" "$root" >"$work/logs/${image##*/}.log" 2>&1
 }
