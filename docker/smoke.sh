@@ -60,7 +60,7 @@ volumes() { podman volume ls --format '{{.Name}}' | grep -E "^${project}_" || tr
 # image its step started from, one of the builds' labelled images or the base image made here
 working_containers() {
     local starts id name
-    starts=$(podman images -a -q --filter "label=io.feddat.smoke=$tag"; basename "${own_base_image%:*}")
+    starts=$(podman images -a -q --filter label=io.feddat.smoke; basename "${own_base_image%:*}")
     podman ps -a --external --format '{{.ID}} {{.Names}}' | while read -r id name; do
         if [[ "$name" == *-working-container* ]] && grep -qxF "${name%-working-container*}" <<<"$starts"; then
             echo "$id"
@@ -85,8 +85,8 @@ remove_all() {
     for image in "$superlink_image" "$supernode_image" "$cuda_image" "$own_base_image"; do
         if podman image exists "$image"; then podman rmi -f "$image" >>"$out" 2>&1; fi
     done
-    # the builds' stage images (requirements, deps, app) carry the label the builds set
-    names=$(podman images -a -q --filter "label=io.feddat.smoke=$tag" | sort -u)
+    # the builds' stage images (requirements, deps, model, app) carry the label the builds set
+    names=$(podman images -a -q --filter label=io.feddat.smoke | sort -u)
     if [[ -n "$names" ]]; then podman rmi -f $names >>"$out" 2>&1; fi
 }
 
@@ -191,21 +191,26 @@ package_index() {  # the index pip uses here (pip config or PIP_INDEX_URL), else
 build() {
     local target=$1 image=$2
     shift 2
-    podman build --format docker --isolation chroot --network host --layers --force-rm --label "io.feddat.smoke=$tag" \
+    podman build --format docker --isolation chroot --network host --layers --force-rm \
+        --label "io.feddat.smoke=${image##*:}" \
         -f "$root/docker/Dockerfile" --target "$target" -t "$image" --build-arg BASE_IMAGE="$base_image" \
         "${build_mounts[@]}" "$@" "$root" >"$work/logs/${image##*/}.log" 2>&1
 }
 
 # The CUDA SuperNode, built and inspected, not run. torch comes from the package index (its Linux
 # wheels are CUDA builds); find-links are left out, since a local CPU wheel there (2.13.0+cpu)
-# would win over the index's 2.13.0. No baked model: nothing runs on this image here.
+# would win over the index's 2.13.0. --no-cache: where the CPU build took torch from the same
+# index, its cached deps stage (with the CPU wheel) would match these build arguments too. No
+# baked model: nothing runs on this image here.
 build_cuda() {
+    local torch
     pip_settings "$work/pip-cuda.conf" find-links
-    build supernode "$cuda_image" --build-arg TORCH_INDEX="$(package_index)"
-    log "CUDA image: $(podman image inspect --format '{{.Size}}' "$cuda_image" | numfmt --to=si)B, torch" \
-        "$(podman run --rm --no-healthcheck --name "$project-cuda" --entrypoint python "$cuda_image" -c \
-            'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
-    podman rmi "$cuda_image" >/dev/null
+    build supernode "$cuda_image" --no-cache --build-arg TORCH_INDEX="$(package_index)"
+    torch=$(podman run --rm --no-healthcheck --name "$project-cuda" --entrypoint python "$cuda_image" -c \
+        'import torch; assert torch.version.cuda, torch.__version__; print(torch.__version__, "CUDA", torch.version.cuda)')
+    log "CUDA image: $(podman image inspect --format '{{.Size}}' "$cuda_image" | numfmt --to=si)B, torch $torch"
+    # this image and its stage images (a CUDA deps stage is ~7 GB)
+    podman rmi -f $(podman images -a -q --filter "label=io.feddat.smoke=${cuda_image##*:}" | sort -u) >/dev/null
 }
 
 compose() {
