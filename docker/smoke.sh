@@ -4,7 +4,7 @@
 # SuperNode images, starts docker/compose.yaml with podman-compose on the host network, runs a
 # 2-round tiny federation (SuperNode 0 on its own dataset from its own volume, the others on
 # embedded partitions), checks results.json, then removes every container, volume and image it
-# made. About 16 minutes on 2 cores; see docker/README.md ("The smoke test").
+# made. See docker/README.md ("The smoke test") for what it checks and how long it takes.
 #
 #   docker/smoke.sh                 (make smoke-containers)
 #
@@ -69,7 +69,7 @@ working_containers() {
 }
 
 remove_all() {
-    local names image
+    local names
     local out=$work/logs/clean.log
     names=$(containers)
     if [[ -n "$names" ]]; then
@@ -82,12 +82,10 @@ remove_all() {
     names=$(volumes)
     if [[ -n "$names" ]]; then podman volume rm -f $names >>"$out" 2>&1; fi
     [[ "${KEEP_IMAGES:-0}" != 1 ]] || return 0
-    for image in "$superlink_image" "$supernode_image" "$cuda_image" "$own_base_image"; do
-        if podman image exists "$image"; then podman rmi -f "$image" >>"$out" 2>&1; fi
-    done
-    # the builds' stage images (requirements, deps, model, app) carry the label the builds set
+    # every image and stage image the builds made carries their label; then the base made here
     names=$(podman images -a -q --filter label=io.feddat.smoke | sort -u)
     if [[ -n "$names" ]]; then podman rmi -f $names >>"$out" 2>&1; fi
+    if podman image exists "$own_base_image"; then podman rmi -f "$own_base_image" >>"$out" 2>&1; fi
 }
 
 on_exit() {
@@ -120,8 +118,12 @@ on_exit() {
 install() {
     local packages=(podman runc crun slirp4netns fuse-overlayfs uidmap containernetworking-plugins iptables
                     catatonit mmdebstrap openssl openssh-client python3-venv)
-    if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null \
-            || ! command -v ssh-keygen >/dev/null; then
+    local command missing=0
+    for command in podman runc mmdebstrap openssl ssh-keygen; do
+        command -v "$command" >/dev/null || missing=1
+    done
+    python3 -c 'import ensurepip' 2>/dev/null || missing=1
+    if [[ $missing == 1 ]]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" \
             >"$work/logs/apt.log"
@@ -158,9 +160,9 @@ pip_settings() {
     lines=$(python3 -m pip config list 2>/dev/null | sed -n "s/^\([^.]*\)\.\([^=]*\)='\(.*\)'$/\1 \2 \3/p")
     # PIP_* variables (section :env:) win over the files, as in pip
     while read -r section key value; do
-        [[ -n "$key" ]] && settings[${section/#:env:/global}.$key]=$value
+        if [[ -n "$key" ]]; then settings[${section/#:env:/global}.$key]=$value; fi
     done < <(grep -v '^:env: ' <<<"$lines"; grep '^:env: ' <<<"$lines")
-    for key in "$@"; do
+    for key in config-file "$@"; do  # PIP_CONFIG_FILE names where pip reads, not a setting
         unset "settings[global.$key]"
     done
     build_mounts=()
@@ -168,15 +170,15 @@ pip_settings() {
     for section in $(printf '%s\n' "${!settings[@]}" | cut -d. -f1 | sort -u); do
         echo "[$section]"
         for key in "${!settings[@]}"; do
-            [[ "$key" == "$section".* ]] && echo "${key#*.} = ${settings[$key]}"
+            if [[ "$key" == "$section".* ]]; then echo "${key#*.} = ${settings[$key]}"; fi
         done
     done >"$conf"
     build_mounts=(-v "$conf:/etc/pip.conf:ro")
     for value in "${settings[@]}"; do
         for token in $value; do
             path=${token#file://}
-            [[ "$token" == file://* && -d "$path" ]] && path=$(dirname "$path")
-            [[ "$path" == /* && -e "$path" ]] && build_mounts+=(-v "$path:$path:ro")
+            if [[ "$token" == file://* && -d "$path" ]]; then path=$(dirname "$path"); fi
+            if [[ "$path" == /* && -e "$path" ]]; then build_mounts+=(-v "$path:$path:ro"); fi
         done
     done
 }
@@ -328,8 +330,8 @@ if [[ -z "${TORCH_INDEX:-}" ]] && ! python3 -c \
     TORCH_INDEX=$(package_index)
     log "download.pytorch.org is not reachable: torch from $TORCH_INDEX"
 fi
-# The model is baked once into the stage both roles share (~3 CPU minutes): four containers
-# building their own copy at start would take twice that on 2 cores.
+# The model is baked once, into the stage both roles share; unbaked, the SuperLink and the three
+# SuperNodes would each build their own copy at start: four times the CPU.
 args=(--build-arg BAKE_MODEL=1)
 if [[ -n "${TORCH_INDEX:-}" ]]; then args+=(--build-arg "TORCH_INDEX=$TORCH_INDEX"); fi
 step build-superlink build superlink "$superlink_image" "${args[@]}"
