@@ -124,9 +124,9 @@ install() {
     done
     python3 -c 'import ensurepip' 2>/dev/null || missing=1
     if [[ $missing == 1 ]]; then
-        apt-get update -qq
+        apt-get update -qq >"$work/logs/apt.log" 2>&1
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" \
-            >"$work/logs/apt.log"
+            >>"$work/logs/apt.log" 2>&1
     fi
     if [[ ! -x "$tools/bin/podman-compose" ]]; then
         python3 -m venv "$tools"
