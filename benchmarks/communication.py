@@ -1,4 +1,4 @@
-"""Bytes a client exchanges per round (the shared LoRA adapter, fp32, each way) vs the backbone size.
+"""Bytes a client exchanges per round (the shared adapter, fp32, each way) vs the backbone size, per adapter kind.
 
     python benchmarks/communication.py [--results RUN_DIR/results.json] [--out docs/results/communication.md]
 
@@ -15,13 +15,14 @@ import tempfile
 from pathlib import Path
 
 from feddat_flwr.config import load_config
-from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
+from feddat_flwr.model.adapters import AdapterSpec
+from feddat_flwr.model.backbone import ADAPTER_KINDS, AdaptedBackbone, adapter_spec, resolve_model_path
 from feddat_flwr.records import Results
 from common import random_vilt_b32, report
 
 
-def sizes(path: str, lora: LoraSpec) -> tuple[int, int]:
-    backbone = AdaptedBackbone(path, lora)
+def sizes(path: str, spec: AdapterSpec) -> tuple[int, int]:
+    backbone = AdaptedBackbone(path, spec)
     return backbone.adapter_num_bytes(), backbone.backbone_num_bytes()
 
 
@@ -30,15 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="a run's results.json: report measured bytes too")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    lora = LoraSpec.from_config(load_config({}).lora)
+    specs = {kind: adapter_spec(load_config({"adapter.kind": kind})) for kind in ADAPTER_KINDS}
     default_path = resolve_model_path("default")
-    rows = [("default (tiny ViLT)", *sizes(default_path, lora))]
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("ViLT-B/32-sized", *sizes(random_vilt_b32(Path(tmp), default_path), lora)))
-    lines = [f"## Communication per client per round (LoRA r={lora.rank} on {','.join(lora.target_modules)})", "",
-             "| backbone | adapter bytes (one way) | backbone bytes | adapter / backbone |", "|---|---|---|---|"]
-    for name, adapter, backbone in rows:
-        lines.append(f"| {name} | {adapter:,} | {backbone:,} | {100 * adapter / backbone:.3f} % |")
+        paths = {"default (tiny ViLT)": default_path, "ViLT-B/32-sized": random_vilt_b32(Path(tmp), default_path)}
+        rows = [(name, kind, *sizes(path, spec)) for name, path in paths.items() for kind, spec in specs.items()]
+    lines = ["## Communication per client per round (the shared adapter)", "",
+             "Adapters (conf/base.yaml defaults): " + "; ".join(map(str, specs.values())), "",
+             "| backbone | adapter | adapter bytes (one way) | backbone bytes | adapter / backbone |",
+             "|---|---|---|---|---|"]
+    for name, kind, adapter, backbone in rows:
+        lines.append(f"| {name} | {kind} | {adapter:,} | {backbone:,} | {100 * adapter / backbone:.3f} % |")
     if args.results:
         results = Results.load(args.results.parent)
         per_client = [(r.bytes_up + r.bytes_down) / max(len(r.clients), 1) for r in results.rounds]

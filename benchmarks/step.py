@@ -24,7 +24,7 @@ from transformers import ViltModel
 
 from feddat_flwr.config import load_config
 from feddat_flwr.methods import get_method
-from feddat_flwr.model.backbone import AdaptedBackbone, LoraSpec, resolve_model_path
+from feddat_flwr.model.backbone import AdaptedBackbone, adapter_spec, resolve_model_path
 from feddat_flwr.model.head import new_head
 from feddat_flwr.training.loop import TrainSettings, make_optimizer
 from common import VILT_B32, random_vilt_b32, report
@@ -36,7 +36,7 @@ SCHEDULES = {"plain": ("fedavg", "fast"), "reference": ("feddat", "reference"), 
 def synthetic_batch(backbone: AdaptedBackbone, batch_size: int, image_size: int, text_len: int, num_labels: int,
                     device: torch.device) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    vocab = backbone.model.get_base_model().config.vocab_size
+    vocab = backbone.vilt.config.vocab_size
     batch = {
         "input_ids": torch.randint(5, vocab, (batch_size, text_len), generator=g),
         "attention_mask": torch.ones(batch_size, text_len, dtype=torch.long),
@@ -78,7 +78,7 @@ def time_schedules(backbone, head, batch, steps: int, device: torch.device) -> t
 
 def bench_config(name: str, path: str, image_size: int, text_len: int, batch_size: int, steps: int,
                  device: torch.device, peak_tflops: float | None) -> dict:
-    backbone = AdaptedBackbone(path, LoraSpec.from_config(load_config({}).lora), device=str(device))
+    backbone = AdaptedBackbone(path, adapter_spec(load_config({})), device=str(device))
     head = new_head(backbone.hidden_size, 13, seed=0).to(device)
     batch = synthetic_batch(backbone, batch_size, image_size, text_len, 13, device)
     ms, flops = time_schedules(backbone, head, batch, steps, device)

@@ -19,7 +19,7 @@ from feddat_flwr.data.client_data import DATA_CACHE_DIR, DATA_PATH_KEY, ClientDa
 from feddat_flwr.methods import get_method
 from feddat_flwr.model.backbone import AdaptedBackbone, load_backbone_for
 from feddat_flwr.model.head import AnswerHead, new_head
-from feddat_flwr.records import MAJORITY, EvalReport, TrainReport
+from feddat_flwr.records import MAJORITY, PROXY, EvalReport, TrainReport
 from feddat_flwr.training.evaluate import evaluate_variants
 from feddat_flwr.training.loop import TrainSettings, train_round
 
@@ -39,7 +39,8 @@ def _round_seed(seed: int, server_round: int, partition_id: int) -> int:
 def initial_state(backbone: AdaptedBackbone, data: ClientData, global_adapter: dict[str, torch.Tensor],
                   seed: int) -> ClientState:
     """A client's state before its first round: `local` starts as the first global adapter it
-    receives (LoRA's B = 0, so its delta starts at zero), the head freshly initialised."""
+    receives (a no-op at first: LoRA's B, a bottleneck's up-projection is zero), the head freshly
+    initialised."""
     head = new_head(backbone.hidden_size, len(data.labels), _head_seed(seed, data.partition_id))
     return ClientState(
         local={k: v.clone() for k, v in global_adapter.items()},
@@ -87,6 +88,8 @@ def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState
         labels=state.labels,
         rounds_trained=state.rounds_trained + 1,
         last_round=server_round,
+        proxy=state.proxy,
+        proxy_version=state.proxy_version,
     )
     peak_cuda_mb = None
     if backbone.device.type == "cuda":
@@ -103,11 +106,18 @@ def train_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState
 
 
 def evaluate_client(backbone: AdaptedBackbone, data: ClientData, state: ClientState | None,
-                    global_adapter: dict[str, torch.Tensor], cfg: DictConfig) -> EvalReport:
-    """Accuracy of every variant on the client's test split, and the majority baseline."""
+                    global_adapter: dict[str, torch.Tensor], cfg: DictConfig,
+                    proxy_backbone: AdaptedBackbone | None = None) -> EvalReport:
+    """Accuracy of every variant on the client's test split, and the majority baseline; with a
+    `proxy_backbone` (FedPFT), also the proxy's own (the global adapter and the head on it)."""
+    settings = {"lam": cfg.feddat["lambda"], "batch_size": cfg.train["eval-batch-size"],
+                "num_workers": cfg.train["num-workers"]}
     _, head = _prepare(backbone, data, state, global_adapter, cfg["seed"])
-    accuracy = evaluate_variants(backbone, head, data.test, data.collator, lam=cfg.feddat["lambda"],
-                                 batch_size=cfg.train["eval-batch-size"], num_workers=cfg.train["num-workers"])
+    accuracy = evaluate_variants(backbone, head, data.test, data.collator, **settings)
+    if proxy_backbone is not None:
+        _, head = _prepare(proxy_backbone, data, state, global_adapter, cfg["seed"])
+        accuracy[PROXY] = evaluate_variants(proxy_backbone, head, data.test, data.collator, **settings,
+                                            variants=("shared",))["shared"]
     return EvalReport(data.partition_id, len(data.test), {**accuracy, MAJORITY: data.majority})
 
 

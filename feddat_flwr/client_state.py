@@ -14,13 +14,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 STATE_FILES = ("local-adapter.safetensors", "head.safetensors", "meta.json")
+PROXY_FILE = "proxy.safetensors"  # only in the state of a FedPFT client whose proxy was aligned
 STATE_DIR_KEY = "state-dir"  # node-config key of the node's durable directory (the mirror, the data cache)
 
 
@@ -31,6 +32,10 @@ class ClientState:
     labels: list[str]
     rounds_trained: int = 0
     last_round: int = 0  # the server round the state was last trained in (0: not yet)
+    # FedPFT: the proxy's compressed layers as last aligned by the server, and their version
+    # (empty and 0: the proxy as built; see feddat_flwr.fedpft)
+    proxy: dict[str, torch.Tensor] = field(default_factory=dict)
+    proxy_version: int = 0
 
 
 KEEP_SNAPSHOTS = 2
@@ -45,8 +50,11 @@ def save_state_dir(path: Path, state: ClientState) -> None:
     try:
         save_file({k: v.contiguous() for k, v in state.local.items()}, str(tmp / STATE_FILES[0]))
         save_file({k: v.contiguous() for k, v in state.head.items()}, str(tmp / STATE_FILES[1]))
+        if state.proxy:
+            save_file({k: v.contiguous() for k, v in state.proxy.items()}, str(tmp / PROXY_FILE))
         (tmp / STATE_FILES[2]).write_text(json.dumps({"labels": state.labels, "rounds-trained": state.rounds_trained,
-                                                      "last-round": state.last_round}))
+                                                      "last-round": state.last_round,
+                                                      "proxy-version": state.proxy_version}))
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             os.replace(path, old)
@@ -75,6 +83,8 @@ def load_state_dir(path: Path) -> ClientState | None:
         labels=list(meta["labels"]),
         rounds_trained=int(meta["rounds-trained"]),
         last_round=int(meta.get("last-round", 0)),
+        proxy=load_file(str(path / PROXY_FILE)) if (path / PROXY_FILE).is_file() else {},
+        proxy_version=int(meta.get("proxy-version", 0)),
     )
 
 

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from feddat_flwr.attacks import ATTACKS, attacked_partitions
 from feddat_flwr.data.partition import PARTITIONERS
 from feddat_flwr.data.views import VIEWS
+from feddat_flwr.fedpft.settings import fedpft_conflicts
 from feddat_flwr.methods import METHODS, get_method, schedules
-from feddat_flwr.model.backbone import DEVICES
+from feddat_flwr.model.backbone import ADAPTER_KINDS, DEVICES
 from feddat_flwr.privacy import PRIVACY_MODES, privacy_conflicts
 from feddat_flwr.records import WEIGHT_KEYS
 from feddat_flwr.robustness import AGGREGATIONS
@@ -93,6 +94,8 @@ RULES: dict[str, Rule] = {
     "output-dir": absolute_or_empty,
     "resume-from": absolute_or_empty,
     "client-state-dir": absolute_or_empty,
+    "adapter.kind": one_of(lambda: ADAPTER_KINDS),
+    "adapter.bottleneck-width": positive,
     "lora.rank": positive,
     "lora.alpha": positive,
     "lora.dropout": unit_interval,
@@ -103,6 +106,15 @@ RULES: dict[str, Rule] = {
     "feddat.kd-weight": non_negative,
     "feddat.schedule": one_of(schedules),
     "fedprox.mu": non_negative,
+    "fedpft.ffn-width": non_negative,
+    "fedpft.public-data": absolute_or_empty,
+    "fedpft.distill-steps": non_negative,
+    "fedpft.distill-lr": positive,
+    "fedpft.batch-size": positive,
+    "fedpft.align-every": non_negative,
+    "fedpft.align-keep": unit_interval,
+    "fedpft.align-steps": non_negative,
+    "fedpft.align-lr": positive,
     "train.lr": positive,
     "train.lr-schedule": one_of(lambda: LR_SCHEDULES),
     "train.min-lr-ratio": unit_interval,
@@ -149,7 +161,7 @@ RULES: dict[str, Rule] = {
 
 def cross_key_problems(flat: Mapping[str, Any]) -> list[str]:
     """Combinations of values that are not allowed together (each key's own rule passed)."""
-    return privacy_conflicts(flat, get_method(flat["method"]).communicates)
+    return privacy_conflicts(flat, get_method(flat["method"]).communicates) + fedpft_conflicts(flat)
 
 
 class ConfigError(ValueError):
@@ -234,6 +246,9 @@ def _resolve(run_config: tuple[tuple[str, Any], ...]) -> DictConfig:
         if not path.is_file():
             raise ConfigError(f"Unknown preset {preset!r}; available: {', '.join(available_presets())}.")
         _apply(flat, flatten(OmegaConf.load(path)), f"preset {path.name}")
+    method = overrides.get("method", flat["method"])
+    if method in METHODS:  # an unknown one is reported by its rule
+        _apply(flat, METHODS[method].settings, f"method {method}")
     _apply(flat, overrides, "the run config")
     _validate(flat)
     cfg = OmegaConf.create({})

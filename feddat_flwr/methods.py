@@ -11,8 +11,11 @@ table all read it. Adding a method is one `register_method(Method(...))` plus it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from feddat_flwr.fedpft.settings import ATTENTION_MODULES
+from feddat_flwr.fedpft.settings import METHOD as FEDPFT
 from feddat_flwr.records import VARIANTS
 from feddat_flwr.training.steps import (
     Step,
@@ -37,6 +40,9 @@ class Method:
     kd: bool = False  # the KD terms of the mutual distillation (feddat.kd-weight) are on
     proximal: bool = False  # the FedProx term (fedprox.mu) is on
     baseline: bool = False  # the comparison's verdict compares FedDAT against it
+    proxy: bool = False  # clients train on FedPFT's proxy of the model (feddat_flwr.fedpft)
+    # Settings the method sets, over conf/ and the preset; the run config still overrides them.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -91,7 +97,7 @@ register_method(Method(
     "feddat-no-local", "ablation: shared adapter distilled from the frozen global adapter only",
     {"single": global_kd_step}, trains=("shared",), communicates=True, personalised="shared", kd=True))
 register_method(Method(
-    "fedavg", "baseline: FedAvg of the shared LoRA, private head, task loss only",
+    "fedavg", "baseline: FedAvg of the shared adapter, private head, task loss only",
     {"single": shared_step}, trains=("shared",), communicates=True, personalised="shared", baseline=True))
 register_method(Method(
     "fedprox", "baseline: fedavg + (mu/2)·‖shared − global‖² (fedprox.mu)",
@@ -100,3 +106,8 @@ register_method(Method(
 register_method(Method(
     "local-only", "baseline: the local adapter alone, nothing communicated",
     {"single": local_step}, trains=("local",), communicates=False, personalised="local", baseline=True))
+register_method(Method(
+    FEDPFT, "baseline: FedPFT, proxy fine-tuning (Peng et al. 2024): LoRA on the attention of a distilled "
+    "sub-FM, aligned every fedpft.align-every rounds, plugged into the full model; private head",
+    {"single": shared_step}, trains=("shared",), communicates=True, personalised="shared", baseline=True,
+    proxy=True, settings={"lora.target-modules": ",".join(ATTENTION_MODULES)}))

@@ -20,6 +20,9 @@ from typing import Any
 
 RESULTS_FILE = "results.json"
 
+# The shared adapter's ArrayRecord in every message (Flower's FedAvg `arrayrecord_key`).
+ARRAYS_KEY = "arrays"
+
 # Keys of every client reply.
 PARTITION_ID = "partition-id"
 NUM_EXAMPLES = "num-examples"
@@ -32,6 +35,9 @@ WEIGHT_KEYS = {"num-examples": NUM_EXAMPLES, "uniform": UNIT_WEIGHT}
 VARIANTS = ("dat", "shared", "local")
 MAJORITY = "majority"
 ACCURACIES = (*VARIANTS, MAJORITY)
+# Reported by some methods only: FedPFT's proxy itself (its global LoRA and the client's head).
+PROXY = "proxy"
+OPTIONAL_ACCURACIES = (PROXY,)
 
 _TRAIN = "train-"
 _EVAL = "eval-"
@@ -116,18 +122,21 @@ class EvalReport:
 
     def record(self) -> dict[str, float]:
         """The `eval` field of the client's round record."""
-        return {**{v: self.accuracy[v] for v in ACCURACIES}, NUM_EXAMPLES: self.num_examples}
+        return {**{v: self.accuracy[v] for v in self._fields()}, NUM_EXAMPLES: self.num_examples}
+
+    def _fields(self) -> tuple[str, ...]:
+        return (*ACCURACIES, *(v for v in OPTIONAL_ACCURACIES if v in self.accuracy))
 
     def to_metrics(self) -> dict[str, float | int]:
         """The evaluation reply's metrics. The test size is also `eval-num-examples`, so that the
         report can ride in a train reply, whose `num-examples` is the training size."""
         return {**_reply_keys(self.partition_id, self.num_examples), _EVAL_SIZE: self.num_examples,
-                **{_EVAL + v: float(self.accuracy[v]) for v in ACCURACIES}}
+                **{_EVAL + v: float(self.accuracy[v]) for v in self._fields()}}
 
     @classmethod
     def from_metrics(cls, metrics: Metrics) -> EvalReport:
-        return cls(int(metrics[PARTITION_ID]), int(metrics[_EVAL_SIZE]),
-                   {v: float(metrics[_EVAL + v]) for v in ACCURACIES})
+        fields = (*ACCURACIES, *(v for v in OPTIONAL_ACCURACIES if _EVAL + v in metrics))
+        return cls(int(metrics[PARTITION_ID]), int(metrics[_EVAL_SIZE]), {v: float(metrics[_EVAL + v]) for v in fields})
 
     @staticmethod
     def present_in(metrics: Metrics) -> bool:
@@ -144,8 +153,9 @@ def train_reply_metrics(train: TrainReport, evaluation: EvalReport | None = None
 def summarize(evals: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Per accuracy field: the mean over clients weighted by their test size, and the worst client."""
     total = sum(e[NUM_EXAMPLES] for e in evals.values()) or 1
+    fields = (*ACCURACIES, *(v for v in OPTIONAL_ACCURACIES if all(v in e for e in evals.values())))
     return {v: {"mean": sum(e[v] * e[NUM_EXAMPLES] for e in evals.values()) / total,
-                "min": min(e[v] for e in evals.values())} for v in ACCURACIES}
+                "min": min(e[v] for e in evals.values())} for v in fields}
 
 
 @dataclass

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig
 from safetensors.torch import save_file
 
+from feddat_flwr.model.adapters import WEIGHTS_FILE, SavedConfig
 from feddat_flwr.records import MAJORITY, RESULTS_FILE, Results, RoundRecord
 
 ADAPTER_DIR = "shared-adapter"
@@ -50,15 +50,16 @@ def prepare_run_dir(output_dir: str, run_id: int | str) -> Path:
     return path
 
 
-def save_adapter(out_dir: Path, state: dict[str, torch.Tensor], lora_config: LoraConfig) -> Path:
-    """Save an adapter in PEFT's format (adapter_config.json + adapter_model.safetensors), atomically,
-    so that `PeftModel.from_pretrained(base_model, out_dir)` loads it."""
+def save_adapter(out_dir: Path, state: dict[str, torch.Tensor], config: SavedConfig) -> Path:
+    """Save an adapter (its tensors by canonical key + its kind's `config`, AdapterSpec.saved_config)
+    atomically: LoRA in PEFT's format, so that `PeftModel.from_pretrained(base_model, out_dir)`
+    loads it; bottleneck for feddat_flwr.model.bottleneck.load_bottleneck."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        lora_config.save_pretrained(str(tmp))
+        config.save_pretrained(str(tmp))
         tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
-        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -60,9 +60,9 @@ def test_dat_is_lambda_times_local_plus_lambda_times_teacher(backbone_and_batch,
     backbone.set_configuration("shared", lam)  # a switch away and back re-applies the DAT's scales
     backbone.set_configuration("dat", lam)
     dat = backbone.encode(backbone.embed(batch))
-    expected = _merged_vilt(tiny_model_dir, backbone.lora, {"local": (local, lam), "teacher": (teacher, lam)})
+    expected = _merged_vilt(tiny_model_dir, backbone.spec, {"local": (local, lam), "teacher": (teacher, lam)})
     assert torch.allclose(dat, expected(**inputs).pooler_output, atol=1e-5)
-    shared_only = _merged_vilt(tiny_model_dir, backbone.lora, {"local": (local, lam)})
+    shared_only = _merged_vilt(tiny_model_dir, backbone.spec, {"local": (local, lam)})
     assert not torch.allclose(dat, shared_only(**inputs).pooler_output, atol=1e-3)  # the teacher counts
 
 
@@ -72,7 +72,7 @@ def test_initial_adapter_follows_the_seed_and_is_peft_initialisation(tiny_cfg):
     assert all(torch.equal(a[k], again[k]) for k in a)
     assert any(not torch.equal(a[k], b[k]) for k in a if "lora_A" in k)
     assert all(not v.any() for k, v in a.items() if "lora_B" in k)  # B = 0: the adapter starts as a no-op
-    fresh = AdaptedBackbone(backbone.name_or_path, backbone.lora)  # another process: the same values
+    fresh = AdaptedBackbone(backbone.name_or_path, backbone.spec)  # another process: the same values
     assert all(torch.equal(fresh.initial_adapter(1)[k], a[k]) for k in a)
 
 

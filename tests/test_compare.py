@@ -14,6 +14,7 @@ from feddat_flwr.records import EvalReport, completed_results
 from feddat_flwr.results import RunRecorder
 from feddat_flwr.tools import tune
 from feddat_flwr.tools.compare import cell_dir, run_grid, verdict, write_summary
+from feddat_flwr.tools.grid import parse_row
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -41,13 +42,17 @@ def _fake_run(out, preset, method, seed, accs, rounds=2, run_dir=None):
         strategy.aggregate_evaluate(r, replies)
 
 
+def _rows(*specs):
+    return [parse_row(s) for s in specs]
+
+
 def test_summary_table_marks_best_and_reports_mean_std(tmp_path):
     for seed, (a, b) in enumerate([(0.8, 0.6), (0.6, 0.6)]):
         _fake_run(tmp_path, "function", "feddat", seed, [a, b])
         _fake_run(tmp_path, "function", "fedavg", seed, [0.5, 0.7])
-    rows = write_summary(tmp_path, ["function"], ["feddat", "fedavg"], [0, 1], "cmd")
+    rows = write_summary(tmp_path, ["function"], _rows("feddat", "fedavg"), [0, 1], "cmd")
     md = (tmp_path / "comparison.md").read_text()
-    assert "| feddat (n=2) | **70.0 ± 14.1** | 60.0 ± 0.0 | **65.0 ± 7.1** | 0.0 | 0 |" in md
+    assert "| feddat (n=2) | **70.0 ± 14.1** | 60.0 ± 0.0 | **65.0 ± 7.1** | 0.0 | " in md  # then seconds
     assert "| fedavg (n=2) | 50.0 ± 0.0 | **70.0 ± 0.0** | 60.0 ± 0.0 |" in md
     assert "`cmd`" in md
     assert "FedDAT average 65.0 vs best baseline (fedavg) 60.0: +5.0 points, better than it, not beyond one std" in md
@@ -74,7 +79,7 @@ def test_finished_cells_are_skipped_and_unfinished_ones_kept_aside(tmp_path, mon
     RunRecorder(partial, {"num-rounds": 2}, {})  # started, no round finished
     launched = []
     monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation", lambda config, **kw: launched.append(config))
-    run_grid(tmp_path, ["function"], ["feddat", "fedavg"], [0], {"num-rounds": 2}, num_clients=2)
+    run_grid(tmp_path, ["function"], _rows("feddat", "fedavg"), [0], {"num-rounds": 2}, num_clients=2)
     assert [c["method"] for c in launched] == ["fedavg"]
     assert launched[0]["preset"] == "function" and launched[0]["seed"] == 0
     kept = [p.name for p in partial.parent.iterdir() if p.name.startswith("seed-0.incomplete-")]
@@ -84,10 +89,24 @@ def test_finished_cells_are_skipped_and_unfinished_ones_kept_aside(tmp_path, mon
 def test_grid_cells_take_the_given_learning_rates(tmp_path, monkeypatch):
     launched = []
     monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation", lambda config, **kw: launched.append(config))
-    run_grid(tmp_path, ["function"], ["feddat", "fedavg"], [0, 1], {"num-rounds": 2}, num_clients=2,
+    run_grid(tmp_path, ["function"], _rows("feddat", "fedavg"), [0, 1], {"num-rounds": 2}, num_clients=2,
              lrs={"function": {"fedavg": 0.004}})
     assert [(c["method"], c["seed"], c.get("train.lr")) for c in launched] == [
         ("feddat", 0, None), ("fedavg", 0, 0.004), ("feddat", 1, None), ("fedavg", 1, 0.004)]
+
+
+def test_a_row_with_settings_of_its_own_runs_them_under_its_own_name(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation",
+                        lambda config, **kw: launched.append((config, kw)))
+    run_grid(tmp_path, ["domain"], _rows("feddat+lora.rank=4+feddat.lambda=0.25"), [0], {}, num_clients=2)
+    config = launched[0][0]
+    assert (config["method"], config["lora.rank"], config["feddat.lambda"]) == ("feddat", 4, 0.25)
+    assert config["output-dir"] == str(cell_dir(tmp_path, "domain", "feddat+lora.rank=4+feddat.lambda=0.25", 0))
+    _fake_run(tmp_path, "domain", "feddat+lora.rank=4+feddat.lambda=0.25", 0, [0.5, 0.5])
+    _fake_run(tmp_path, "domain", "fedavg", 0, [0.4, 0.4])
+    write_summary(tmp_path, ["domain"], _rows("feddat+lora.rank=4+feddat.lambda=0.25", "fedavg"), [0], "cmd")
+    assert "| feddat+lora.rank=4+feddat.lambda=0.25 (n=1) | **50.0 ± 0.0**" in (tmp_path / "comparison.md").read_text()
 
 
 def test_tuning_runs_on_the_validation_split_and_picks_the_best_lr(tmp_path, monkeypatch):
@@ -116,7 +135,8 @@ def test_tuning_runs_on_the_validation_split_and_picks_the_best_lr(tmp_path, mon
 def test_tuning_rejects_bad_arguments(tmp_path, capsys):
     for argv, message in ((["--lrs", "0"], "--lrs must be > 0, got 0.0"),
                           (["--validation-fraction", "1"], "--validation-fraction must be in (0, 1), got 1.0"),
-                          (["--methods", "fedsgd"], "invalid choice: 'fedsgd'")):
+                          (["--methods", "fedsgd"], "unknown method 'fedsgd' in 'fedsgd'; allowed: feddat"),
+                          (["--methods", "feddat+lr"], "expected key=value, got 'lr'")):
         with pytest.raises(SystemExit):
             tune.main(["--out", str(tmp_path), *argv])
         assert message in capsys.readouterr().err

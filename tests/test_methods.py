@@ -5,17 +5,13 @@ import sys
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-import client_app
 from feddat_flwr.config import ConfigError, load_config
-from feddat_flwr.flower.round_book import RoundBook
-from feddat_flwr.flower.strategy import FedDAT
 from feddat_flwr.methods import METHODS, Method, get_method, register_method
-from feddat_flwr.model.backbone import load_backbone_for
-from feddat_flwr.packing import pack, unpack
+from feddat_flwr.packing import unpack
 from feddat_flwr.training.steps import logits
 from feddat_flwr.training.losses import mkd_loss
+from helpers.client_rounds import run_rounds, strategy_and_initial
 
 CORE = ["feddat_flwr.client", "feddat_flwr.client_state", "feddat_flwr.config", "feddat_flwr.methods",
         "feddat_flwr.records", "feddat_flwr.results", "feddat_flwr.training.loop", "feddat_flwr.training.steps",
@@ -23,7 +19,10 @@ CORE = ["feddat_flwr.client", "feddat_flwr.client_state", "feddat_flwr.config", 
         "feddat_flwr.model.default_model", "feddat_flwr.data.partition", "feddat_flwr.data.views",
         "feddat_flwr.data.client_data", "feddat_flwr.data.vqa_format", "feddat_flwr.data.loader",
         "feddat_flwr.data.answers", "feddat_flwr.data.cli",
-        "feddat_flwr.tools.launch", "feddat_flwr.tools.compare", "feddat_flwr.tools.tune"]
+        "feddat_flwr.tools.launch", "feddat_flwr.tools.compare", "feddat_flwr.tools.tune", "feddat_flwr.tools.grid",
+        "feddat_flwr.model.adapters", "feddat_flwr.model.lora", "feddat_flwr.model.bottleneck",
+        *(f"feddat_flwr.fedpft.{m}" for m in ("subfm", "distill", "public_data", "proxy", "alignment", "backbone",
+                                               "settings"))]
 
 
 def test_the_core_and_the_tools_never_import_flower():
@@ -36,7 +35,8 @@ def test_the_core_and_the_tools_never_import_flower():
 
 def test_every_method_declares_a_consistent_role():
     baselines = {m.name for m in METHODS.values() if m.baseline}
-    assert baselines == {"fedavg", "fedprox", "local-only"}
+    assert baselines == {"fedavg", "fedprox", "local-only", "fedpft-proxy"}
+    assert {m.name for m in METHODS.values() if m.proxy} == {"fedpft-proxy"}
     assert {m.name for m in METHODS.values() if not m.communicates} == {"local-only"}
     assert get_method("feddat").personalised == "dat" and get_method("feddat").kd
     with pytest.raises(ValueError, match="Unknown method 'fedsgd'; allowed: feddat"):
@@ -67,11 +67,6 @@ def toy_method():
     del METHODS[method.name]
 
 
-class OneNodeGrid:
-    def get_node_ids(self):
-        return [5]
-
-
 def test_an_unregistered_method_is_a_config_error():
     with pytest.raises(ConfigError, match="'method' is 'toy-dat'; allowed: feddat"):
         load_config({"method": "toy-dat"})
@@ -81,20 +76,9 @@ def test_a_registered_method_runs_a_round_through_the_client_app_and_the_strateg
         toy_method, tiny_model_dir, task_identity):
     run_config = {"model.name-or-path": tiny_model_dir, "data.max-train": 32, "data.max-test": 16,
                   "train.batch-size": 16, "method": "toy-dat", "num-rounds": 1}
-    cfg = load_config(run_config)  # the registry is the only list of methods
-    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 3},
-                      state=RecordDict(), run_config=run_config)
-    initial = load_backbone_for(cfg).initial_adapter(cfg["seed"])
-    strategy = FedDAT(book=RoundBook(pack(initial), max_update_ratio=100.0, min_valid_replies=1), num_rounds=1,
-                      lr_for_round=lambda r: 0.01, weighting="num-examples",
-                      eval_every=1, fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
-    train = list(strategy.configure_train(1, ArrayRecord(pack(initial)), ConfigRecord(), OneNodeGrid()))
-    strategy.book.sent(train)
-    replies = strategy.book.received([client_app.train(m, context) for m in train])
-    aggregate, _ = strategy.aggregate_train(1, replies)
-    evaluate = list(strategy.configure_evaluate(1, aggregate, ConfigRecord(), OneNodeGrid()))
-    strategy.book.sent(evaluate)
-    strategy.aggregate_evaluate(1, strategy.book.received([client_app.evaluate(m, context) for m in evaluate]))
+    load_config(run_config)  # the registry is the only list of methods
+    strategy, initial = strategy_and_initial(run_config, num_rounds=1, num_nodes=1)
+    aggregate, _ = run_rounds(strategy, run_config, initial, [5], 1)
 
     record = strategy.history[0]
     assert record.failures == []

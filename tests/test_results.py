@@ -13,7 +13,7 @@ from feddat_flwr.results import RunRecorder, prepare_run_dir, save_adapter
 def test_final_adapter_loads_with_peft_from_pretrained(tmp_path, tiny_cfg, tiny_model_dir):
     backbone = load_backbone_for(tiny_cfg())
     state = {k: torch.randn_like(v) for k, v in backbone.adapter_state("shared").items()}
-    out = save_adapter(tmp_path / "shared-adapter", state, backbone.lora.peft_config(tiny_model_dir))
+    out = save_adapter(tmp_path / "shared-adapter", state, backbone.spec.peft_config(tiny_model_dir))
     model = PeftModel.from_pretrained(ViltModel.from_pretrained(tiny_model_dir), str(out))
     loaded = {n.replace(".default.", "."): p for n, p in model.named_parameters() if "lora_" in n}
     assert set(loaded) == set(state)

@@ -7,7 +7,7 @@ from feddat_flwr import client as client_mod
 from feddat_flwr.client import evaluate_client, train_client
 from feddat_flwr.data.client_data import DataSpec, load_client_data
 from feddat_flwr.methods import METHODS
-from feddat_flwr.model.backbone import load_backbone_for
+from feddat_flwr.model.backbone import ADAPTER_KINDS, load_backbone_for
 from feddat_flwr.model.head import AnswerHead
 
 
@@ -111,9 +111,10 @@ def test_a_validation_fraction_replaces_the_test_split_with_held_out_training_ro
     assert (len(data.train), len(data.test)) == (36, 12)  # 48 capped training rows
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_methods_train_exactly_their_adapters(tiny_cfg, method):
-    cfg = tiny_cfg({"method": method, "fedprox.mu": 0.1})
+@pytest.mark.parametrize("kind", list(ADAPTER_KINDS))
+@pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].proxy])  # FedPFT: tests/test_fedpft.py
+def test_methods_train_exactly_their_adapters(tiny_cfg, method, kind):
+    cfg = tiny_cfg({"method": method, "fedprox.mu": 0.1, "adapter.kind": kind})
     spec = METHODS[method]
     backbone = load_backbone_for(cfg)
     data = load_client_data(DataSpec.from_config(cfg, 1, 3), backbone.processor)

@@ -18,14 +18,14 @@ record is held (`hold`) until the next round's train replies have brought its ev
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import WARNING
 
 import numpy as np
 from flwr.app import Message, MessageType
 from flwr.common.logger import log
 
-from feddat_flwr.records import PARTITION_ID, EvalReport, Failure, RoundRecord, TrainReport
+from feddat_flwr.records import ARRAYS_KEY, PARTITION_ID, EvalReport, Failure, RoundRecord, TrainReport
 from feddat_flwr.robustness import norm_outliers, update_norm, update_problem
 
 
@@ -34,9 +34,9 @@ class TooFewValidReplies(RuntimeError):
 
 
 def _arrays(msg: Message) -> dict[str, np.ndarray]:
-    """A message's one ArrayRecord as numpy arrays (empty if it has none or several)."""
-    records = list(msg.content.array_records.values())
-    return {k: a.numpy() for k, a in records[0].items()} if len(records) == 1 else {}
+    """A message's shared adapter (its ArrayRecord `arrays`) as numpy arrays (empty if it has none)."""
+    record = msg.content.array_records.get(ARRAYS_KEY)
+    return {k: a.numpy() for k, a in record.items()} if record is not None else {}
 
 
 class RoundBook:
@@ -51,6 +51,8 @@ class RoundBook:
         self._global: dict[str, np.ndarray] = {}
         self._phase: str | None = None  # the message type of the batch last sent
         self._start = 0.0
+        # Called with each batch of valid replies (FedPFT's rounds read their counts and versions).
+        self.on_valid: Callable[[list[Message]], None] | None = None
 
     def begin(self, server_round: int, lr: float) -> None:
         self.current = RoundRecord(round=server_round, lr=lr)
@@ -115,6 +117,8 @@ class RoundBook:
         # In partition order: the aggregate is then the same sum, bit for bit, whatever the order
         # replies arrived in (a resumed run reproduces an uninterrupted one).
         valid.sort(key=lambda m: int(m.content["metrics"][PARTITION_ID]))
+        if self.on_valid is not None:
+            self.on_valid(valid)
         if self._phase == MessageType.TRAIN and len(valid) < self.min_valid_replies:
             reasons = "; ".join(f"node {f.node_id}: {f.reason}" for f in self.current.failures) or "no replies"
             raise TooFewValidReplies(

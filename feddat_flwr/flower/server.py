@@ -21,6 +21,8 @@ from feddat_flwr.config import flatten, load_config, to_dict
 from feddat_flwr.data.vqa_format import check_partition_count
 from feddat_flwr.flower.prompt_grid import PromptGrid
 from feddat_flwr.flower.privacy import privacy_state, restore_privacy, with_privacy
+from feddat_flwr.fedpft.backbone import proxy_backbone_for
+from feddat_flwr.flower.proxy_server import proxy_info, proxy_rounds_for
 from feddat_flwr.flower.round_book import RoundBook, TooFewValidReplies
 from feddat_flwr.flower.strategy import strategy_for
 from feddat_flwr.methods import get_method
@@ -140,8 +142,18 @@ def run_server(grid: Grid, context: Context) -> None:
         return unpack(strategy.latest_arrays.to_torch_state_dict(), initial)
 
     def save_checkpoint(server_round: int) -> None:
-        Checkpoint(run_key, server_round, global_adapter(), book.held,
-                   book.held_seconds, random.getstate(), privacy_state(runner)).save(run_dir)
+        proxy, proxy_tensors = strategy.proxy_rounds.state() if strategy.proxy_rounds else ({}, {})
+        Checkpoint(run_key, server_round, global_adapter(), book.held, book.held_seconds, random.getstate(),
+                   privacy_state(runner), proxy, proxy_tensors).save(run_dir)
+
+    if method.proxy:
+        proxy_backbone, proxy = proxy_backbone_for(cfg, device="cpu")  # built now if not cached
+        info = recorder.results.info.setdefault("fedpft", proxy_info(proxy))
+        if checkpoint:  # alignments after the checkpoint's round run again
+            info["alignments"] = [a for a in info["alignments"] if a["after-round"] <= checkpoint.round]
+        strategy.use_proxy_rounds(proxy_rounds_for(cfg, backbone, proxy_backbone, proxy, initial, info))
+        if checkpoint:
+            strategy.proxy_rounds.restore(checkpoint.proxy, checkpoint.proxy_tensors)
 
     strategy.on_aggregated = save_checkpoint
     prompt_grid = PromptGrid(grid, book=book)  # replies collected within ~50 ms, not Flower's 3-s polls
@@ -164,5 +176,5 @@ def run_server(grid: Grid, context: Context) -> None:
         raise
     if method.communicates:
         save_adapter(run_dir / ADAPTER_DIR, global_adapter(),
-                     backbone.lora.peft_config(backbone.name_or_path))
+                     backbone.spec.saved_config(backbone.name_or_path))
     log(INFO, "%s finished: results in %s", cfg["method"], run_dir)

@@ -14,6 +14,7 @@ from feddat_flwr.client_state import STATE_DIR_KEY, ClientState, load_snapshot, 
 LOCAL_KEY = "feddat.local-adapter"
 HEAD_KEY = "feddat.head"
 META_KEY = "feddat.meta"
+PROXY_KEY = "feddat.proxy"
 
 
 def read_state(record: RecordDict) -> ClientState | None:
@@ -27,6 +28,8 @@ def read_state(record: RecordDict) -> ClientState | None:
         labels=list(meta["labels"]),
         rounds_trained=int(meta["rounds-trained"]),
         last_round=int(meta.get("last-round", 0)),
+        proxy=record[PROXY_KEY].to_torch_state_dict() if PROXY_KEY in record else {},
+        proxy_version=int(meta.get("proxy-version", 0)),
     )
 
 
@@ -34,7 +37,9 @@ def write_state(record: RecordDict, state: ClientState) -> None:
     record[LOCAL_KEY] = ArrayRecord(state.local)
     record[HEAD_KEY] = ArrayRecord(state.head)
     record[META_KEY] = ConfigRecord({"labels": list(state.labels), "rounds-trained": state.rounds_trained,
-                                     "last-round": state.last_round})
+                                     "last-round": state.last_round, "proxy-version": state.proxy_version})
+    if state.proxy:
+        record[PROXY_KEY] = ArrayRecord(state.proxy)
 
 
 def mirror_dir(node_config, run_key: str, client_state_dir: str = "") -> Path | None:

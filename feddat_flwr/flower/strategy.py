@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from feddat_flwr.flower.proxy_rounds import ProxyRounds
 from feddat_flwr.flower.round_book import RoundBook
 from feddat_flwr.records import (
     EVALUATE_FIRST,
@@ -90,7 +91,14 @@ class FedDAT(FedAvg):
         self.history: list[RoundRecord] = []
         self.privacy_account: PrivacyAccount | None = None  # set when a DP wrapper drives this strategy
         self.latest_arrays: ArrayRecord | None = None  # the global adapter of the round in progress
+        self.proxy_rounds: ProxyRounds | None = None  # FedPFT's part of the rounds: see `use_proxy_rounds`
         self._clipping_norm = 0.0
+
+    def use_proxy_rounds(self, proxy_rounds: ProxyRounds) -> None:
+        """FedPFT (method fedpft-proxy): its rounds see every valid reply and run their alignment at
+        the end of each round, before the checkpoint."""
+        self.proxy_rounds = proxy_rounds
+        self.book.on_valid = proxy_rounds.received
 
     def is_eval_round(self, server_round: int) -> bool:
         return server_round % self.eval_every == 0 or server_round == self.num_rounds
@@ -109,7 +117,11 @@ class FedDAT(FedAvg):
         self._clipping_norm = float(config.get(KEY_CLIPPING_NORM, 0.0))  # set by a DP wrapper
         evaluate_first = server_round > 1 and self.is_eval_round(server_round - 1)
         config = ConfigRecord({**config, "lr": lr, EVALUATE_FIRST: evaluate_first, RUN_KEY: self.run_key})
-        return super().configure_train(server_round, arrays, config, grid)
+        if self.proxy_rounds is None:
+            return super().configure_train(server_round, arrays, config, grid)
+        config = ConfigRecord({**config, **self.proxy_rounds.train_config(server_round)})
+        return self.proxy_rounds.with_layers(super().configure_train(server_round, arrays, config, grid))
+
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -126,6 +138,8 @@ class FedDAT(FedAvg):
         evaluations the next round's train replies bring, or closed if it is the last."""
         server_round += self.offset
         metrics = super().aggregate_evaluate(server_round, replies)
+        if self.proxy_rounds is not None:
+            self.proxy_rounds.round_ended(server_round, self.latest_arrays)
         self.close_held()
         if self.privacy_account is not None:  # the account as of this round's release
             self.book.current.privacy = self.privacy_account(self._clipping_norm, self.book.current)

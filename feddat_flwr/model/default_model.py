@@ -83,12 +83,16 @@ class Recipe:
 RECIPE = Recipe()
 
 
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where built models live: cache_dir (model.cache-dir), else $FEDDAT_CACHE, else ~/.cache/feddat-flwr."""
+    return Path(cache_dir or os.environ.get("FEDDAT_CACHE") or Path.home() / ".cache" / "feddat-flwr").expanduser()
+
+
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """<cache_dir or $FEDDAT_CACHE or ~/.cache/feddat-flwr>/models/default-<recipe hash>."""
-    root = cache_dir or os.environ.get("FEDDAT_CACHE") or Path.home() / ".cache" / "feddat-flwr"
+    """<cache_root(cache_dir)>/models/default-<recipe hash>."""
     recipe = {"version": RECIPE_VERSION, "recipe": asdict(RECIPE), "captions": CAPTIONS}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(root).expanduser() / "models" / f"default-{digest}"
+    return cache_root(cache_dir) / "models" / f"default-{digest}"
 
 
 def ensure_default_model(cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> Path:

@@ -24,11 +24,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from feddat_flwr.methods import METHODS, PROPOSED, get_method
+from feddat_flwr.methods import PROPOSED, get_method
 from feddat_flwr.records import completed_results
 from feddat_flwr.results import atomic_write_bytes, pyplot
 from feddat_flwr.tools.cli import unwind_on_sigterm
-from feddat_flwr.tools.grid import grid_parser, run_cells
+from feddat_flwr.tools.grid import grid_parser, parse_row, run_cells
 
 
 def cell_dir(out: Path, preset: str, method: str, seed: int) -> Path:
@@ -43,10 +43,10 @@ def run_grid(out: Path, presets, methods, seeds, overrides: dict[str, Any], num_
     cells = []
     for s in seeds:
         for b in presets:
-            for m in methods:
-                lr = (lrs or {}).get(b, {}).get(m)
-                config = {**overrides, "preset": b, "method": m, "seed": s, **({"train.lr": lr} if lr else {})}
-                cells.append((f"{b} {m} seed {s}", cell_dir(out, b, m, s), config))
+            for row in methods:
+                lr = (lrs or {}).get(b, {}).get(row.spec)
+                config = {**overrides, "preset": b, **row.config, "seed": s, **({"train.lr": lr} if lr else {})}
+                cells.append((f"{b} {row.spec} seed {s}", cell_dir(out, b, row.spec, s), config))
     run_cells(cells, num_clients)
 
 
@@ -58,11 +58,12 @@ def collect(out: Path, presets, methods, seeds) -> list[dict]:
     """One row per preset x method x column (client id or 'avg') over the finished seeds."""
     rows = []
     for preset in presets:
-        for method in methods:
+        for row in methods:
+            method = row.spec
             runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))]
             if not runs:
                 continue
-            variant = get_method(method).personalised
+            variant = row.personalised
             last = [r.rounds[-1] for r in runs]
             clients = sorted(last[0].clients, key=int)
             columns = {c: [rec.clients[c].eval[variant] for rec in last] for c in clients}
@@ -77,7 +78,22 @@ def collect(out: Path, presets, methods, seeds) -> list[dict]:
                          "mean": statistics.fmean(bytes_total), "std": 0.0, "seeds": len(runs)})
             rows.append({"preset": preset, "method": method, "variant": variant, "column": "seconds",
                          "mean": statistics.fmean(seconds), "std": 0.0, "seeds": len(runs)})
+            rows.append({"preset": preset, "method": method, "variant": variant, "column": "client-seconds",
+                         "mean": statistics.fmean(_client_seconds(r) for r in runs), "std": 0.0, "seeds": len(runs)})
     return rows
+
+
+EXTRA = ("bytes", "seconds", "client-seconds")  # the columns after the accuracies
+
+
+def _client_seconds(results) -> float:
+    """A client's training time over the run, averaged over the clients (each round's `train` seconds)."""
+    totals: dict[str, float] = {}
+    for record in results.rounds:
+        for pid, client in record.clients.items():
+            if client.train:
+                totals[pid] = totals.get(pid, 0.0) + client.train["seconds"]
+    return statistics.fmean(totals.values()) if totals else 0.0
 
 
 def markdown(rows: list[dict], command: str) -> str:
@@ -86,15 +102,17 @@ def markdown(rows: list[dict], command: str) -> str:
              "Personalised test accuracy per client (each method's own personalised model: `dat` for "
              "FedDAT and no-KD, the aggregate + private head for FedAvg/FedProx/no-local, the local "
              "adapter for local-only), mean ± std over seeds; **bold**: best mean per column. "
-             "Communication: bytes of adapters exchanged over the run; time: sum of round times.", ""]
+             "Communication: bytes exchanged over the run (adapters, and FedPFT's aligned proxy layers); "
+             "seconds: sum of round times; client s: a client's training time over the run (mean over "
+             "clients).", ""]
     for preset in dict.fromkeys(r["preset"] for r in rows):
-        acc = [r for r in rows if r["preset"] == preset and r["column"] not in ("bytes", "seconds")]
+        acc = [r for r in rows if r["preset"] == preset and r["column"] not in EXTRA]
         columns = list(dict.fromkeys(r["column"] for r in acc))
         best = {c: max(r["mean"] for r in acc if r["column"] == c) for c in columns}
         lines += [f"## {preset}", "",
                   "| method | " + " | ".join(f"client {c}" if c != "avg" else "average" for c in columns)
-                  + " | MB exchanged | seconds |",
-                  "|---|" + "---|" * (len(columns) + 2)]
+                  + " | MB exchanged | seconds | client s |",
+                  "|---|" + "---|" * (len(columns) + 3)]
         for method in dict.fromkeys(r["method"] for r in acc):
             cells = []
             for c in columns:
@@ -102,10 +120,10 @@ def markdown(rows: list[dict], command: str) -> str:
                 text = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}"
                 cells.append(f"**{text}**" if r["mean"] == best[c] else text)
             extra = {x["column"]: x["mean"] for x in rows
-                     if x["preset"] == preset and x["method"] == method and x["column"] in ("bytes", "seconds")}
+                     if x["preset"] == preset and x["method"] == method and x["column"] in EXTRA}
             seeds = next(x["seeds"] for x in acc if x["method"] == method)
             lines.append(f"| {method} (n={seeds}) | " + " | ".join(cells)
-                         + f" | {extra['bytes'] / 1e6:.1f} | {extra['seconds']:.0f} |")
+                         + f" | {extra['bytes'] / 1e6:.1f} | {extra['seconds']:.0f} | {extra['client-seconds']:.0f} |")
         lines += ["", verdict([r for r in acc if r["column"] == "avg"]), ""]
     return "\n".join(lines)
 
@@ -114,7 +132,7 @@ def verdict(averages: list[dict]) -> str:
     """FedDAT's average against the best baseline's: the difference, and whether it exceeds one
     std over seeds (mean_F - mean_B > max(std_F, std_B))."""
     feddat = next((r for r in averages if r["method"] == PROPOSED), None)
-    baselines = [r for r in averages if r["method"] in METHODS and METHODS[r["method"]].baseline]
+    baselines = [r for r in averages if get_method(parse_row(r["method"]).method).baseline]
     if feddat is None or not baselines:
         return "FedDAT vs baselines: not both in this table."
     best = max(baselines, key=lambda r: r["mean"])
@@ -132,15 +150,15 @@ def plot_convergence(out: Path, presets, methods, seeds, dest: Path) -> None:
     plt = pyplot()
     for preset in presets:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method in methods:
-            runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))]
+        for row in methods:
+            runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, row.spec, s)))]
             if not runs:
                 continue
-            variant = get_method(method).personalised
+            variant = row.personalised
             evaluated = [[rec for rec in r.rounds if rec.eval is not None] for r in runs]
             xs = [rec.round for rec in evaluated[0]]
             ys = [statistics.fmean(e[i].eval[variant]["mean"] for e in evaluated) for i in range(len(xs))]
-            ax.plot(xs, ys, marker="o", label=method)
+            ax.plot(xs, ys, marker="o", label=row.spec)
         if not ax.lines:
             plt.close(fig)
             continue

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from feddat_flwr.config import available_presets
-from feddat_flwr.methods import METHODS
+from feddat_flwr.methods import METHODS, get_method
 from feddat_flwr.records import completed_results
-from feddat_flwr.tools.cli import add_overrides
+from feddat_flwr.tools.cli import add_overrides, parse_override
 from feddat_flwr.tools.launch import run_simulation
 from feddat_flwr.tools.superlink import RunFailed
 
@@ -23,6 +24,32 @@ from feddat_flwr.tools.superlink import RunFailed
 GRID_PRESETS = tuple(p for p in available_presets() if p != "iid")
 
 Cell = tuple[str, Path, dict[str, Any]]  # (label, run directory, run config)
+
+
+@dataclass(frozen=True)
+class Row:
+    """A grid row: a method, optionally with settings of its own, spelled
+    `method[+key=value...]`, e.g. `feddat+adapter.kind=bottleneck` (its run directories and table
+    rows are named by this spelling)."""
+
+    spec: str
+    method: str
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"method": self.method, **dict(self.settings)}
+
+    @property
+    def personalised(self) -> str:
+        return get_method(self.method).personalised
+
+
+def parse_row(text: str) -> Row:
+    method, *settings = text.split("+")
+    if method not in METHODS:
+        raise argparse.ArgumentTypeError(f"unknown method {method!r} in {text!r}; allowed: {', '.join(METHODS)}")
+    return Row(text, method, tuple(parse_override(s) for s in settings))
 
 
 def run_cells(cells: list[Cell], num_clients: int) -> None:
@@ -50,8 +77,10 @@ def grid_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="directory of the runs and the summary")
     parser.add_argument("--presets", nargs="+", default=list(GRID_PRESETS), choices=available_presets(),
                         metavar="PRESET", help=f"presets in conf/presets/ (default: {' '.join(GRID_PRESETS)})")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
-                        help=f"allowed: {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--methods", nargs="+", type=parse_row, default=[parse_row(m) for m in METHODS],
+                        metavar="METHOD[+KEY=VALUE...]",
+                        help=f"rows: {', '.join(METHODS)} (default: all), each optionally with settings of its "
+                             "own, e.g. feddat+adapter.kind=bottleneck")
     parser.add_argument("--clients", type=int, default=5)
     add_overrides(parser, "run-config override for every cell, repeatable")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary from finished runs")

@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-from feddat_flwr.methods import get_method
 from feddat_flwr.records import completed_results
 from feddat_flwr.results import atomic_write_bytes
 from feddat_flwr.tools.cli import unwind_on_sigterm
@@ -32,11 +31,11 @@ def validation_accuracy(out: Path, presets, methods, lrs) -> dict[str, dict[str,
     """{preset: {method: {lr: mean personalised validation accuracy}}} of the finished cells."""
     table: dict[str, dict[str, dict[float, float]]] = {}
     for b in presets:
-        for m in methods:
+        for row in methods:
             for lr in lrs:
-                if results := completed_results(tune_dir(out, b, m, lr)):
-                    accuracy = results.rounds[-1].eval[get_method(m).personalised]["mean"]
-                    table.setdefault(b, {}).setdefault(m, {})[lr] = accuracy
+                if results := completed_results(tune_dir(out, b, row.spec, lr)):
+                    accuracy = results.rounds[-1].eval[row.personalised]["mean"]
+                    table.setdefault(b, {}).setdefault(row.spec, {})[lr] = accuracy
     return table
 
 
@@ -77,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     if not args.summary_only:
         common = {**dict(args.config), "seed": args.seed, "data.validation-fraction": args.validation_fraction}
-        run_cells([(f"{b} {m} lr {lr:g}", tune_dir(out, b, m, lr),
-                    {**common, "preset": b, "method": m, "train.lr": lr})
-                   for b in args.presets for m in args.methods for lr in args.lrs], args.clients)
+        run_cells([(f"{b} {row.spec} lr {lr:g}", tune_dir(out, b, row.spec, lr),
+                    {**common, "preset": b, **row.config, "train.lr": lr})
+                   for b in args.presets for row in args.methods for lr in args.lrs], args.clients)
     table = validation_accuracy(out, args.presets, args.methods, args.lrs)
     command = "python -m feddat_flwr.tools.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     out.mkdir(parents=True, exist_ok=True)
