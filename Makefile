@@ -3,7 +3,7 @@
 #   make test   install (first time) and run the test suite
 #   make test-fast  the unit tests only (no Flower processes; under 2 minutes), while developing
 #   make smoke-containers  build both images and run a TLS federation in them (podman, root,
-#                   ~16 minutes; docker/README.md); not part of `make test`
+#                   ~10.5 minutes from nothing; docker/README.md); not part of `make test`
 PYTHON ?= python3
 VENV   ?= .venv
 # The CPU build of torch 2.13 (resolved together with the rest; an unpinned torch pulls a CUDA build).
