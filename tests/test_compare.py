@@ -140,3 +140,39 @@ def test_tuning_rejects_bad_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit):
             tune.main(["--out", str(tmp_path), *argv])
         assert message in capsys.readouterr().err
+
+
+def test_the_data_size_curve_tunes_each_size_on_validation_then_runs_its_seeds(tmp_path, monkeypatch):
+    from feddat_flwr.tools import curve
+
+    def accuracy(config):  # fedavg gains more from data; each method has its best lr per size
+        n, lr, method = config["data.max-train"], config["train.lr"], config["method"]
+        best_lr = 0.004 if n == 50 else 0.001
+        base = {"feddat": 0.6, "fedavg": 0.4 + n / 1000}[method]
+        return base + (0.1 if lr == best_lr else 0.0) - (0.05 if config.get("data.validation-fraction") else 0.0)
+
+    launched = []
+
+    def fake_simulation(config, **kw):
+        launched.append(config)
+        _fake_run(None, None, config["method"], None, [accuracy(config)] * 2, run_dir=Path(config["output-dir"]))
+
+    monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation", fake_simulation)
+    monkeypatch.setattr("feddat_flwr.tools.curve.unwind_on_sigterm", lambda: None)
+    argv = ["--out", str(tmp_path), "--presets", "function", "--methods", "feddat", "fedavg", "--sizes", "500", "50",
+            "--seeds", "0", "1", "--lrs", "0.001", "0.004", "-c", "num-rounds=2"]
+    assert curve.main(argv) == 0
+    assert len(launched) == 2 * (2 * 2 + 2 * 2)  # per size: 2 methods x 2 lrs tuned, 2 methods x 2 seeds
+    assert [c["data.max-train"] for c in launched[:8]] == [50] * 8  # the small size first
+    tuning, tests = launched[:4], launched[4:8]
+    assert all(c["data.validation-fraction"] == 0.2 and c["seed"] == 0 for c in tuning)
+    assert all("data.validation-fraction" not in c and c["train.lr"] == 0.004 for c in tests)  # chosen at 50
+    assert all(c["train.lr"] == 0.001 for c in launched[12:])  # chosen at 500
+    md = (tmp_path / "curve.md").read_text()
+    assert "| feddat | **70.0 ± 0.0 (n=2, lr 0.004)** | 70.0 ± 0.0 (n=2, lr 0.001) |" in md
+    assert "| fedavg | 55.0 ± 0.0 (n=2, lr 0.004) | **100.0 ± 0.0 (n=2, lr 0.001)** |" in md
+    with open(tmp_path / "curve.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    assert (tmp_path / "size-50" / "comparison.md").is_file() and (tmp_path / "size-50" / "tuning" / "best-lr.json").is_file()
+    assert curve.main(argv) == 0 and len(launched) == 16  # resumable: nothing re-run

@@ -61,29 +61,51 @@ def markdown(table, lrs, command: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = grid_parser(__doc__)
+def run_tuning(out: Path, presets, methods, lrs, seed: int, validation_fraction: float,
+               overrides: dict, num_clients: int) -> None:
+    """Every preset x method x lr cell on the validation split (resumable)."""
+    common = {**overrides, "seed": seed, "data.validation-fraction": validation_fraction}
+    run_cells([(f"{b} {row.spec} lr {lr:g}", tune_dir(out, b, row.spec, lr),
+                {**common, "preset": b, **row.config, "train.lr": lr})
+               for b in presets for row in methods for lr in lrs], num_clients)
+
+
+def write_tuning(out: Path, presets, methods, lrs, command: str) -> dict[str, dict[str, float]]:
+    """tuning.md and best-lr.json of the finished cells; returns the chosen lrs {preset: {method: lr}}."""
+    table = validation_accuracy(out, presets, methods, lrs)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "tuning.md", markdown(table, lrs, command).encode())
+    best = best_lrs(table)
+    atomic_write_bytes(out / "best-lr.json", json.dumps(best, indent=2).encode())
+    return best
+
+
+def add_tuning_arguments(parser) -> None:
     parser.add_argument("--lrs", nargs="+", type=float, default=[0.0005, 0.001, 0.002, 0.004])
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validation-fraction", type=float, default=0.2)
-    args = parser.parse_args(argv)
-    unwind_on_sigterm()
+
+
+def check_tuning_arguments(parser, args) -> None:
     bad_lr = [lr for lr in args.lrs if not lr > 0]
     if bad_lr:
         parser.error(f"--lrs must be > 0, got {bad_lr[0]}")
     if not 0 < args.validation_fraction < 1:
         parser.error(f"--validation-fraction must be in (0, 1), got {args.validation_fraction}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = grid_parser(__doc__)
+    add_tuning_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    unwind_on_sigterm()
+    check_tuning_arguments(parser, args)
     out = args.out.resolve()
-    if not args.summary_only:
-        common = {**dict(args.config), "seed": args.seed, "data.validation-fraction": args.validation_fraction}
-        run_cells([(f"{b} {row.spec} lr {lr:g}", tune_dir(out, b, row.spec, lr),
-                    {**common, "preset": b, **row.config, "train.lr": lr})
-                   for b in args.presets for row in args.methods for lr in args.lrs], args.clients)
-    table = validation_accuracy(out, args.presets, args.methods, args.lrs)
     command = "python -m feddat_flwr.tools.tune " + " ".join(argv if argv is not None else sys.argv[1:])
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "tuning.md", markdown(table, args.lrs, command).encode())
-    atomic_write_bytes(out / "best-lr.json", json.dumps(best_lrs(table), indent=2).encode())
+    if not args.summary_only:
+        run_tuning(out, args.presets, args.methods, args.lrs, args.seed, args.validation_fraction,
+                   dict(args.config), args.clients)
+    write_tuning(out, args.presets, args.methods, args.lrs, command)
     print(f"summary: {out / 'tuning.md'}, {out / 'best-lr.json'}")
     return 0
 
