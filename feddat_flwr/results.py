@@ -5,6 +5,8 @@ The content of results.json is defined in feddat_flwr.records.
 
 from __future__ import annotations
 
+import io
+
 import os
 import shutil
 import tempfile
@@ -78,6 +80,15 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_png(fig, path: Path) -> None:
+    """Write a finished matplotlib figure to `path` as PNG, atomically, and close it."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_accuracy(rounds: list[RoundRecord], path: Path) -> None:

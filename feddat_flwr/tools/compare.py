@@ -26,7 +26,7 @@ from typing import Any
 
 from feddat_flwr.methods import PROPOSED, get_method
 from feddat_flwr.records import completed_results
-from feddat_flwr.results import atomic_write_bytes, pyplot
+from feddat_flwr.results import atomic_write_bytes, pyplot, save_png
 from feddat_flwr.tools.cli import unwind_on_sigterm
 from feddat_flwr.tools.grid import grid_parser, parse_row, run_cells
 
@@ -165,11 +165,7 @@ def plot_convergence(out: Path, presets, methods, seeds, dest: Path) -> None:
         ax.set(title=f"{preset}: mean personalised accuracy", xlabel="round", ylabel="accuracy", ylim=(0, 1))
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
-        atomic_write_bytes(dest / f"convergence-{preset}.png", buffer.getvalue())
+        save_png(fig, dest / f"convergence-{preset}.png")
 
 
 def write_summary(out: Path, presets, methods, seeds, command: str) -> list[dict]:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from feddat_flwr.records import completed_results
-from feddat_flwr.results import atomic_write_bytes, pyplot
+from feddat_flwr.results import atomic_write_bytes, pyplot, save_png
 from feddat_flwr.tools import compare, tune
 from feddat_flwr.tools.cli import unwind_on_sigterm
 from feddat_flwr.tools.grid import grid_parser
@@ -108,11 +108,7 @@ def plot(rows: list[dict], path: Path) -> None:
                xscale="log")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def write_summary(out: Path, presets, methods, sizes, seeds, lrs, command: str) -> list[dict]:
