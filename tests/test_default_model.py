@@ -40,7 +40,7 @@ def test_build_loads_like_a_hub_checkpoint(built: tuple[Path, dict]) -> None:
     image = Image.open(easy_vqa.get_test_image_paths()[image_id]).convert("RGB")
     question = easy_vqa.get_test_questions()[0][0]
     inputs = processor(images=image, text=question, padding="max_length", truncation=True, return_tensors="pt")
-    assert inputs["pixel_values"].shape == (1, 3, 64, 64)
+    assert inputs["pixel_values"].shape == (1, 3, default_model.RECIPE.image_size, default_model.RECIPE.image_size)
     assert inputs["input_ids"].shape == (1, processor.tokenizer.model_max_length)
     assert processor.tokenizer.unk_token_id not in inputs["input_ids"][0].tolist()
     with torch.no_grad():
@@ -53,8 +53,9 @@ def test_build_loads_like_a_hub_checkpoint(built: tuple[Path, dict]) -> None:
 def test_fast_image_embeds_match_vilt() -> None:
     """Training embeds patches without ViLT's per-image loop; the result must not change."""
     model = default_model._new_model(vocab_size=40).eval()
-    ids, pixels = torch.randint(5, 40, (3, 8)), torch.randn(3, 3, 64, 64)
-    heads = torch.nn.Linear(128, 2)
+    size = default_model.RECIPE.image_size
+    ids, pixels = torch.randint(5, 40, (3, 8)), torch.randn(3, 3, size, size)
+    heads = default_model._Heads(128)
     fast = default_model._forward(model, heads, ids, pixels, fast=True)
     slow = default_model._forward(model, heads, ids, pixels, fast=False)
     for f, s in zip(fast, slow):

@@ -1,9 +1,10 @@
 """The embedded default foundation model: a tiny ViLT pretrained offline on easy-VQA.
 
-The recipe builds a word-level tokenizer and a 64x64 image processor, then pretrains a small
-ViLT from scratch on captions of the easy-VQA TRAIN images ("there is a red circle") with
-image-conditioned masked language modelling (colour/shape words masked) and image-text
-matching. The result is saved like a hub checkpoint: `ViltModel.from_pretrained(path)` and
+The recipe builds a word-level tokenizer and a 56x56 image processor (8x8 patches), then
+pretrains a small ViLT from scratch on captions of the easy-VQA TRAIN images ("there is a red
+circle") with image-conditioned masked language modelling (colour/shape words masked),
+image-text matching on half-corrupted captions, which word of a corrupted caption does not match
+the image, and the image's colour and shape from its [CLS] patch token. The result is saved like a hub checkpoint: `ViltModel.from_pretrained(path)` and
 `ViltProcessor.from_pretrained(path)` load it. The VQA questions are never trained on, so the
 downstream task still needs finetuning.
 """
@@ -40,7 +41,7 @@ from feddat_flwr.data.attributes import COLORS, SHAPES, image_attributes as _ima
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Every caption names the colour and the shape, so either can be masked or corrupted.
@@ -66,17 +67,22 @@ class Recipe:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    image_size: int = 64
-    patch_size: int = 16
+    image_size: int = 56  # 7x7 patches of 8x8 pixels: 16x16 patches leave shape at chance
+    patch_size: int = 8
     text_length: int = 16  # positions incl. [CLS]/[SEP]; easy-VQA questions need at most 12
     batch_size: int = 32  # per objective: 32 MLM + 32 ITM examples a step
-    steps: int = 1000
+    steps: int = 700
     lr: float = 2e-3
     warmup: float = 0.1  # fraction of the steps, then cosine decay to 0
     weight_decay: float = 0.01
+    # Each of the two words masked on its own (the shape when neither is drawn): the probes mask
+    # one word with the other in view, which training must show too.
     color_mask_prob: float = 0.5
-    shape_mask_prob: float = 1.0  # shapes are harder to see than colours: always predict them
+    shape_mask_prob: float = 0.5
     other_mask_prob: float = 0.15  # other caption words
+    itm_weight: float = 2.0
+    mismatch_weight: float = 1.0  # per word of an ITM caption: is it the corrupted one?
+    attribute_weight: float = 1.0  # the image's colour and shape from its [CLS] patch token
     seed: int = 0
 
 
@@ -105,7 +111,7 @@ def ensure_default_model(cache_dir: str | os.PathLike | None = None, *, progress
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if target.is_dir():  # built by another process while we waited
             return target
-        logger.info("Building the default model into %s (once, about 2 minutes).", target)
+        logger.info("Building the default model into %s (once, about 5 minutes).", target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             build_default_model(tmp, progress=progress)
@@ -131,9 +137,9 @@ def build_default_model(
         torch.manual_seed(seed)  # weight init and ViLT's patch sampling use the global RNG
         generator = torch.Generator().manual_seed(seed)
         model = _new_model(len(processor.tokenizer))
-        itm_head = nn.Linear(RECIPE.hidden_size, 2)
-        losses = _pretrain(model, itm_head, train, captions, steps, generator, progress)
-        probe = _probe(model, itm_head, test, captions, seed)
+        heads = _Heads(RECIPE.hidden_size)
+        losses = _pretrain(model, heads, train, captions, steps, generator, progress)
+        probe = _probe(model, heads, test, captions, seed)
     model.vilt.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     stats = {"steps": steps, "seconds": round(time.perf_counter() - start, 1), **losses, **probe}
@@ -144,7 +150,7 @@ def build_default_model(
 
 
 def _make_processor(out_dir: Path) -> ViltProcessor:
-    """Word-level BERT tokenizer (vocab.txt written to out_dir) + 64x64 ViLT image processor."""
+    """Word-level BERT tokenizer (vocab.txt written to out_dir) + 56x56 ViLT image processor (8x8 patches)."""
     questions, answers, _ = easy_vqa.get_train_questions()
     captions = [c.format(color=k, shape=s) for c in CAPTIONS for k in COLORS for s in SHAPES]
     words = {w for text in [*questions, *answers, *captions] for w in _words(text)}
@@ -241,11 +247,24 @@ class _CaptionTable:
         return ids.masked_fill(masked, self.mask_id), ids.masked_fill(~masked, -100)
 
 
+class _Heads(nn.Module):
+    """The pretraining heads beside ViLT's own MLM head (dropped after the build): ITM [no match,
+    match] on the pooled output, mismatch (one logit per text position), attributes (colour then
+    shape logits from the image [CLS] token)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.itm = nn.Linear(hidden_size, 2)
+        self.mismatch = nn.Linear(hidden_size, 1)
+        self.attributes = nn.Linear(hidden_size, len(COLORS) + len(SHAPES))
+
+
 def _forward(
-    model: ViltForMaskedLM, itm_head: nn.Linear, ids: torch.Tensor, pixel_values: torch.Tensor, *, fast: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(MLM logits over the text positions, ITM logits [no match, match]). fast: embed the
-    patches with `_image_embeds` instead of ViLT's `visual_embed` (same result, no per-image loop)."""
+    model: ViltForMaskedLM, heads: _Heads, ids: torch.Tensor, pixel_values: torch.Tensor, *, fast: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(MLM logits over the text positions, ITM logits, mismatch logits per text position,
+    attribute logits). fast: embed the patches with `_image_embeds` instead of ViLT's
+    `visual_embed` (same result, no per-image loop)."""
     if fast:
         images = {"image_embeds": _image_embeds(model, pixel_values)}
         images["pixel_mask"] = torch.ones(images["image_embeds"].shape[:2], dtype=torch.long)
@@ -253,7 +272,9 @@ def _forward(
         pixel_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[-2:], dtype=torch.long)
         images = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
     out = model.vilt(input_ids=ids, attention_mask=(ids != 0).long(), **images)
-    return model.mlm_score(out.last_hidden_state[:, : ids.shape[1]]), itm_head(out.pooler_output)
+    text = out.last_hidden_state[:, : ids.shape[1]]
+    return (model.mlm_score(text), heads.itm(out.pooler_output), heads.mismatch(text).squeeze(-1),
+            heads.attributes(out.last_hidden_state[:, ids.shape[1]]))
 
 
 def _image_embeds(model: ViltForMaskedLM, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -277,12 +298,13 @@ def _corrupt(
 
 
 def _pretrain(
-    model: ViltForMaskedLM, itm_head: nn.Linear, data: _ImageSet, captions: _CaptionTable,
+    model: ViltForMaskedLM, heads: _Heads, data: _ImageSet, captions: _CaptionTable,
     steps: int, generator: torch.Generator, progress: bool,
 ) -> dict[str, float]:
-    """MLM on masked captions of the images + ITM on half-corrupted captions, in one batch."""
+    """MLM on masked captions of the images + ITM and mismatch on half-corrupted captions, in
+    one batch, + the attributes of every image in it."""
     r = RECIPE
-    params = [*model.parameters(), *itm_head.parameters()]
+    params = [*model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
     warmup = max(1, round(r.warmup * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -292,7 +314,7 @@ def _pretrain(
     )
     model.train()
     n, b = len(data.color), r.batch_size
-    mlm_loss = itm_loss = torch.tensor(float("nan"))
+    mlm_loss = itm_loss = mismatch_loss = attribute_loss = torch.tensor(float("nan"))
     bar = tqdm(range(steps), desc="Pretraining default ViLT", disable=not progress)
     for _ in bar:
         images = torch.randint(0, n, (2 * b,), generator=generator)
@@ -307,22 +329,33 @@ def _pretrain(
             templates[b:], torch.where(match, color[b:], wrong_color), torch.where(match, shape[b:], wrong_shape)
         )
         texts = torch.cat([mlm_ids, itm_ids])
-        mlm_logits, itm_logits = _forward(model, itm_head, texts, data.pixel_values[images], fast=True)
+        mlm_logits, itm_logits, mismatch_logits, attribute_logits = _forward(
+            model, heads, texts, data.pixel_values[images], fast=True)
         mlm_loss = nn.functional.cross_entropy(mlm_logits[:b].flatten(0, 1), labels.flatten())
         itm_loss = nn.functional.cross_entropy(itm_logits[b:], match.long())
+        words = (itm_ids != 0).float()
+        wrong_word = (itm_ids != captions.get(templates[b:], color[b:], shape[b:])).float()
+        mismatch_loss = (nn.functional.binary_cross_entropy_with_logits(
+            mismatch_logits[b:], wrong_word, reduction="none") * words).sum() / words.sum()
+        attribute_loss = (nn.functional.cross_entropy(attribute_logits[:, : len(COLORS)], color)
+                          + nn.functional.cross_entropy(attribute_logits[:, len(COLORS):], shape))
         optimizer.zero_grad()
-        (mlm_loss + itm_loss).backward()
+        (mlm_loss + r.itm_weight * itm_loss + r.mismatch_weight * mismatch_loss
+         + r.attribute_weight * attribute_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        bar.set_postfix(mlm=f"{mlm_loss.item():.3f}", itm=f"{itm_loss.item():.3f}", refresh=False)
+        bar.set_postfix(mlm=f"{mlm_loss.item():.3f}", itm=f"{itm_loss.item():.3f}",
+                        mismatch=f"{mismatch_loss.item():.3f}", attributes=f"{attribute_loss.item():.3f}", refresh=False)
     model.eval()
-    return {"mlm_loss": round(mlm_loss.item(), 4), "itm_loss": round(itm_loss.item(), 4)}
+    return {name: round(loss.item(), 4) for name, loss in (
+        ("mlm_loss", mlm_loss), ("itm_loss", itm_loss), ("mismatch_loss", mismatch_loss),
+        ("attribute_loss", attribute_loss))}
 
 
 @torch.no_grad()
 def _probe(
-    model: ViltForMaskedLM, itm_head: nn.Linear, data: _ImageSet, captions: _CaptionTable, seed: int
+    model: ViltForMaskedLM, heads: _Heads, data: _ImageSet, captions: _CaptionTable, seed: int
 ) -> dict[str, float]:
     """Accuracy on unseen images: the masked colour word, the masked shape word (argmax over
     the whole vocabulary) and ITM on one true and one corrupted caption per image."""
@@ -338,7 +371,7 @@ def _probe(
                        ids, wrong_ids])
     mlm_logits, itm_logits = [], []
     for chunk in torch.split(torch.arange(4 * n), 500):
-        m, i = _forward(model, itm_head, texts[chunk], data.pixel_values[chunk % n], fast=False)
+        m, i, _, _ = _forward(model, heads, texts[chunk], data.pixel_values[chunk % n], fast=False)
         mlm_logits.append(m)
         itm_logits.append(i)
     predicted = torch.cat(mlm_logits).argmax(-1)
