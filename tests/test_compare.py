@@ -26,12 +26,13 @@ def _eval_reply(node_id, pid, acc):
     return Message(RecordDict({"metrics": MetricRecord(report.to_metrics())}), reply_to=sent)
 
 
-def _fake_run(out, preset, method, seed, accs, rounds=2, run_dir=None):
+def _fake_run(out, preset, method, seed, accs, rounds=2, run_dir=None, validation_fraction=0.0):
     """A run's results.json written by the real strategy, round book and recorder from client
     replies (only the training is left out): accuracies ramp up to `accs` in the last round."""
     run_dir = run_dir or cell_dir(out, preset, method, seed)
     run_dir.mkdir(parents=True)
-    recorder = RunRecorder(run_dir, {"num-rounds": rounds, "method": method}, {})
+    config = {"num-rounds": rounds, "method": method, "data": {"validation-fraction": validation_fraction}}
+    recorder = RunRecorder(run_dir, config, {})
     strategy = FedDAT(book=RoundBook((), max_update_ratio=100.0, min_valid_replies=1), num_rounds=rounds, lr_for_round=lambda r: 0.01, weighting="uniform",
                       eval_every=1, fraction_train=1.0, min_train_nodes=1, min_available_nodes=1,
                       on_round_end=recorder.add_round)
@@ -54,11 +55,19 @@ def test_summary_table_marks_best_and_reports_mean_std(tmp_path):
     md = (tmp_path / "comparison.md").read_text()
     assert "| feddat (n=2) | **70.0 ± 14.1** | 60.0 ± 0.0 | **65.0 ± 7.1** | 0.0 | " in md  # then seconds
     assert "| fedavg (n=2) | 50.0 ± 0.0 | **70.0 ± 0.0** | 60.0 ± 0.0 |" in md
-    assert "`cmd`" in md
+    assert "`cmd`" in md and "Personalised test accuracy" in md
     assert "FedDAT average 65.0 vs best baseline (fedavg) 60.0: +5.0 points, better than it, not beyond one std" in md
     with open(tmp_path / "comparison.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (tmp_path / "convergence-function.png").stat().st_size > 1000
+
+
+def test_summary_of_validation_runs_says_so(tmp_path):
+    """A table chosen from (data.validation-fraction > 0) must not read as test accuracy."""
+    for seed in (0, 1):
+        _fake_run(tmp_path, "domain", "feddat", seed, [0.5], validation_fraction=0.2)
+    write_summary(tmp_path, ["domain"], _rows("feddat"), [0, 1], "cmd")
+    assert "Personalised validation accuracy" in (tmp_path / "comparison.md").read_text()
 
 
 def test_verdict_needs_a_gap_beyond_one_std_over_several_seeds():

@@ -64,6 +64,7 @@ def collect(out: Path, presets, methods, seeds) -> list[dict]:
             if not runs:
                 continue
             variant = row.personalised
+            split = "validation" if runs[0].config["data"]["validation-fraction"] > 0 else "test"
             last = [r.rounds[-1] for r in runs]
             clients = sorted(last[0].clients, key=int)
             columns = {c: [rec.clients[c].eval[variant] for rec in last] for c in clients}
@@ -71,7 +72,7 @@ def collect(out: Path, presets, methods, seeds) -> list[dict]:
             for column, values in columns.items():
                 mean, std = _mean_std(values)
                 rows.append({"preset": preset, "method": method, "variant": variant, "column": column,
-                             "mean": mean, "std": std, "seeds": len(values)})
+                             "mean": mean, "std": std, "seeds": len(values), "split": split})
             bytes_total = [sum(rec.bytes_up + rec.bytes_down for rec in r.rounds) for r in runs]
             seconds = [sum(rec.seconds for rec in r.rounds) for r in runs]
             rows.append({"preset": preset, "method": method, "variant": variant, "column": "bytes",
@@ -97,9 +98,10 @@ def _client_seconds(results) -> float:
 
 
 def markdown(rows: list[dict], command: str) -> str:
+    splits = " and ".join(sorted({r["split"] for r in rows if "split" in r})) or "test"
     lines = ["# FedDAT vs baselines on easy-VQA heterogeneity presets", "",
              f"Produced by: `{command}`", "",
-             "Personalised test accuracy per client (each method's own personalised model: `dat` for "
+             f"Personalised {splits} accuracy per client (each method's own personalised model: `dat` for "
              "FedDAT and no-KD, the aggregate + private head for FedAvg/FedProx/no-local, the local "
              "adapter for local-only), mean ± std over seeds; **bold**: best mean per column. "
              "Communication: bytes exchanged over the run (adapters, and FedPFT's aligned proxy layers); "
@@ -173,7 +175,7 @@ def write_summary(out: Path, presets, methods, seeds, command: str) -> list[dict
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "comparison.md", markdown(rows, command).encode())
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["preset", "method", "variant", "column", "mean", "std", "seeds"])
+    writer = csv.DictWriter(text, fieldnames=["preset", "method", "variant", "column", "mean", "std", "seeds", "split"])
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "comparison.csv", text.getvalue().encode())
