@@ -1,7 +1,7 @@
 """Learning rate per preset and method, chosen on a validation split (never on the test set).
 
     python -m feddat_flwr.tools.tune --out outputs/tuning --presets function domain \\
-        --methods feddat fedavg local-only --lrs 0.0005 0.001 0.002 0.004 -c num-rounds=5
+        --methods feddat fedavg local-only --lrs 0.001 0.002 0.004 0.008 0.016 -c num-rounds=5
     python -m feddat_flwr.tools.compare --out outputs/comparison --lr-from outputs/tuning/best-lr.json ...
 
 Every preset x method x lr cell is a normal run of the app with `data.validation-fraction`
@@ -81,7 +81,7 @@ def write_tuning(out: Path, presets, methods, lrs, command: str) -> dict[str, di
 
 
 def add_tuning_arguments(parser) -> None:
-    parser.add_argument("--lrs", nargs="+", type=float, default=[0.0005, 0.001, 0.002, 0.004])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[0.001, 0.002, 0.004, 0.008, 0.016])
     parser.add_argument("--validation-fraction", type=float, default=0.2)
 
 
