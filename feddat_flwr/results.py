@@ -6,7 +6,6 @@ The content of results.json is defined in feddat_flwr.records.
 from __future__ import annotations
 
 import io
-
 import os
 import shutil
 import tempfile
@@ -106,12 +105,7 @@ def plot_accuracy(rounds: list[RoundRecord], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 class RunRecorder:
