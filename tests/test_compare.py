@@ -3,6 +3,7 @@ hand-made client replies; no training)."""
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -118,27 +119,55 @@ def test_a_row_with_settings_of_its_own_runs_them_under_its_own_name(tmp_path, m
     assert "| feddat+lora.rank=4+feddat.lambda=0.25 (n=1) | **50.0 ± 0.0**" in (tmp_path / "comparison.md").read_text()
 
 
-def test_tuning_runs_on_the_validation_split_and_picks_the_best_lr(tmp_path, monkeypatch):
-    accs = {("feddat", 0.001): 0.5, ("feddat", 0.004): 0.7, ("fedavg", 0.001): 0.6, ("fedavg", 0.004): 0.6}
+def _peaked(base, best_lr, lr):
+    """An accuracy that falls by 5 points per doubling or halving of the lr away from best_lr."""
+    return base - 0.05 * abs(math.log2(lr / best_lr))
+
+
+def test_tuning_runs_on_the_validation_split_and_steps_beyond_an_edge(tmp_path, monkeypatch):
     launched = []
 
-    def fake_simulation(config, **kw):
+    def fake_simulation(config, **kw):  # feddat peaks at 0.016, beyond the start grid; fedavg is flat
         launched.append(config)
-        _fake_run(None, None, config["method"], None, [accs[config["method"], config["train.lr"]]] * 2,
-                  run_dir=Path(config["output-dir"]))
+        acc = _peaked(0.7, 0.016, config["train.lr"]) if config["method"] == "feddat" else 0.6
+        _fake_run(None, None, config["method"], None, [acc] * 2, run_dir=Path(config["output-dir"]))
 
     monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation", fake_simulation)
     monkeypatch.setattr("feddat_flwr.tools.tune.unwind_on_sigterm", lambda: None)  # keep pytest's own handler
     argv = ["--out", str(tmp_path), "--presets", "function", "--methods", "feddat", "fedavg",
-            "--lrs", "0.001", "0.004", "-c", "num-rounds=2"]
+            "--lrs", "0.002", "0.004", "--extend", "3", "-c", "num-rounds=2"]
     assert tune.main(argv) == 0
-    assert len(launched) == 4
-    assert all(c["data.validation-fraction"] == 0.2 and c["seed"] == 0 for c in launched)
+    assert [(c["method"], c["train.lr"]) for c in launched] == [
+        ("feddat", 0.002), ("feddat", 0.004), ("fedavg", 0.002), ("fedavg", 0.004),
+        ("feddat", 0.008), ("feddat", 0.016), ("feddat", 0.032)]  # a flat fedavg takes no step
+    # validation split, tuning seed, and evaluated after the last round only
+    assert all(c["data.validation-fraction"] == 0.2 and c["seed"] == 0 and c["strategy.eval-every"] == 2
+               for c in launched)
     # ties go to the smaller lr
-    assert json.loads((tmp_path / "best-lr.json").read_text()) == {"function": {"feddat": 0.004, "fedavg": 0.001}}
+    assert json.loads((tmp_path / "best-lr.json").read_text()) == {"function": {"feddat": 0.016, "fedavg": 0.002}}
     md = (tmp_path / "tuning.md").read_text()
-    assert "| feddat | 50.0 | **70.0** |" in md and "| fedavg | **60.0** | 60.0 |" in md
-    assert tune.main(argv) == 0 and len(launched) == 4  # resumable: nothing re-run
+    assert "| feddat | 55.0 | 60.0 | 65.0 | **70.0** | 65.0 |" in md and "| fedavg | **60.0** | 60.0 | - | - | - |" in md
+    assert tune.main(argv) == 0 and len(launched) == 7  # resumable: nothing re-run
+
+
+def test_a_tuning_whose_budget_ran_out_at_an_edge_says_so(tmp_path, monkeypatch):
+    def fake_simulation(config, **kw):
+        _fake_run(None, None, config["method"], None, [_peaked(0.7, 0.016, config["train.lr"])] * 2,
+                  run_dir=Path(config["output-dir"]))
+
+    monkeypatch.setattr("feddat_flwr.tools.grid.run_simulation", fake_simulation)
+    monkeypatch.setattr("feddat_flwr.tools.tune.unwind_on_sigterm", lambda: None)
+    tune.main(["--out", str(tmp_path), "--presets", "task", "--methods", "feddat", "--lrs", "0.002", "0.004",
+               "--extend", "1", "-c", "num-rounds=2"])
+    assert "| feddat | 55.0 | 60.0 | **65.0**† |" in (tmp_path / "tuning.md").read_text()
+
+
+def test_a_step_beyond_the_edge_needs_a_strict_best_at_that_edge():
+    assert tune.beyond_edge({0.002: 0.5, 0.004: 0.6}) == 0.008
+    assert tune.beyond_edge({0.002: 0.6, 0.004: 0.5}) == 0.001
+    assert tune.beyond_edge({0.002: 0.5, 0.004: 0.6, 0.008: 0.55}) is None
+    assert tune.beyond_edge({0.002: 0.6, 0.004: 0.6}) is None
+    assert tune.beyond_edge({0.002: 0.6}) is None
 
 
 def test_tuning_rejects_bad_arguments(tmp_path, capsys):
@@ -154,11 +183,11 @@ def test_tuning_rejects_bad_arguments(tmp_path, capsys):
 def test_the_data_size_curve_tunes_each_size_on_validation_then_runs_its_seeds(tmp_path, monkeypatch):
     from feddat_flwr.tools import curve
 
-    def accuracy(config):  # fedavg gains more from data; each method has its best lr per size
+    def accuracy(config):  # fedavg gains more from data; each method's best lr falls with the size
         n, lr, method = config["data.max-train"], config["train.lr"], config["method"]
-        best_lr = 0.004 if n == 50 else 0.001
-        base = {"feddat": 0.6, "fedavg": 0.4 + n / 1000}[method]
-        return base + (0.1 if lr == best_lr else 0.0) - (0.05 if config.get("data.validation-fraction") else 0.0)
+        base = {"feddat": 0.7, "fedavg": 0.4 + n / 1000}[method]
+        validation = 0.05 if config.get("data.validation-fraction") else 0.0
+        return _peaked(base, 0.004 if n < 100 else 0.001, lr) - validation
 
     launched = []
 
@@ -171,17 +200,34 @@ def test_the_data_size_curve_tunes_each_size_on_validation_then_runs_its_seeds(t
     argv = ["--out", str(tmp_path), "--presets", "function", "--methods", "feddat", "fedavg", "--sizes", "500", "50",
             "--seeds", "0", "1", "--lrs", "0.001", "0.004", "-c", "num-rounds=2"]
     assert curve.main(argv) == 0
-    assert len(launched) == 2 * (2 * 2 + 2 * 2)  # per size: 2 methods x 2 lrs tuned, 2 methods x 2 seeds
-    assert [c["data.max-train"] for c in launched[:8]] == [50] * 8  # the small size first
-    tuning, tests = launched[:4], launched[4:8]
-    assert all(c["data.validation-fraction"] == 0.2 and c["seed"] == 0 for c in tuning)
-    assert all("data.validation-fraction" not in c and c["train.lr"] == 0.004 for c in tests)  # chosen at 50
-    assert all(c["train.lr"] == 0.001 for c in launched[12:])  # chosen at 500
+    # size 50 first: 2 methods x 2 lrs tuned, a step above the edge each, 2 methods x 2 seeds
+    tuning, tests = launched[:6], launched[6:10]
+    assert [(c["method"], c["train.lr"]) for c in tuning[4:]] == [("feddat", 0.008), ("fedavg", 0.008)]
+    # the tuning's cap leaves 50 to train on once a fifth is held out (62 - 12)
+    assert all(c["data.validation-fraction"] == 0.2 and c["seed"] == 0 and c["data.max-train"] == 62 for c in tuning)
+    assert all("data.validation-fraction" not in c and c["train.lr"] == 0.004 and c["data.max-train"] == 50
+               for c in tests)  # chosen at 50
+    # size 500 starts from half, once and twice 0.004 and steps down twice to find 0.001
+    tuning, tests = launched[10:20], launched[20:]
+    assert sorted({c["train.lr"] for c in tuning}) == [0.0005, 0.001, 0.002, 0.004, 0.008]
+    assert all(c["data.max-train"] == 625 for c in tuning)
+    assert len(tests) == 4 and all(c["train.lr"] == 0.001 and c["data.max-train"] == 500 for c in tests)
     md = (tmp_path / "curve.md").read_text()
     assert "| feddat | **70.0 ± 0.0 (n=2, lr 0.004)** | 70.0 ± 0.0 (n=2, lr 0.001) |" in md
-    assert "| fedavg | 55.0 ± 0.0 (n=2, lr 0.004) | **100.0 ± 0.0 (n=2, lr 0.001)** |" in md
+    assert "| fedavg | 45.0 ± 0.0 (n=2, lr 0.004) | **90.0 ± 0.0 (n=2, lr 0.001)** |" in md
     with open(tmp_path / "curve.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
     assert (tmp_path / "curve.png").stat().st_size > 1000
     assert (tmp_path / "size-50" / "comparison.md").is_file() and (tmp_path / "size-50" / "tuning" / "best-lr.json").is_file()
-    assert curve.main(argv) == 0 and len(launched) == 16  # resumable: nothing re-run
+    assert curve.main(argv) == 0 and len(launched) == 24  # resumable: nothing re-run
+
+
+def test_the_tuning_cap_leaves_the_size_to_train_on():
+    from feddat_flwr.data.partition import validation_size
+    from feddat_flwr.tools.curve import tuning_cap
+
+    assert [tuning_cap(n, 0.3333) for n in (50, 150, 500, 1500)] == [75, 225, 750, 2250]
+    for n in (1, 7, 50, 333):
+        for fraction in (0.1, 0.2, 0.3333, 0.5):
+            cap = tuning_cap(n, fraction)
+            assert cap - validation_size(cap, fraction) == n

@@ -121,6 +121,11 @@ def cap(ds: Dataset, limit: int, seed: int) -> Dataset:
     return ds.shuffle(seed=seed).select(range(limit))
 
 
+def validation_size(rows: int, fraction: float) -> int:
+    """How many of a client's `rows` (>= 2) training rows `hold_out` keeps for validation."""
+    return min(max(round(fraction * rows), 1), rows - 1)
+
+
 def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Split a client's training rows into (train, validation), ``fraction`` of them (seeded,
     at least one row each) held out: the data hyperparameters are chosen on, never the test set."""
@@ -128,6 +133,5 @@ def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
     if len(train) < 2:
         raise ValueError(f"cannot hold out a validation set from {len(train)} training row(s)")
-    size = min(max(round(fraction * len(train)), 1), len(train) - 1)
-    split = train.train_test_split(test_size=size, seed=seed, shuffle=True)
+    split = train.train_test_split(test_size=validation_size(len(train), fraction), seed=seed, shuffle=True)
     return split["train"], split["test"]

@@ -2,13 +2,16 @@
 
     python -m feddat_flwr.tools.curve --out outputs/curve --presets function domain \\
         --methods feddat fedavg local-only fedpft-proxy --sizes 50 150 500 1500 --seeds 0 1 2 \\
-        -c num-rounds=5 -c data.max-test=150
+        --validation-fraction 0.3333
 
 For every size n, smallest first, every cell a normal run of the app (resumable like the
 comparison grid, finished cells are skipped): each preset x method's learning rate is chosen on a
-validation split (`tools.tune` over --lrs at --tune-seed, data.max-train=n, into
-<out>/size-<n>/tuning/), then every preset x method x seed runs with data.max-train=n and its
-chosen lr, evaluated on the test split (`tools.compare`'s cells and comparison.md, into
+validation split (`tools.tune` at --tune-seed, into <out>/size-<n>/tuning/), with the cap on a
+client's examples raised so that holding out --validation-fraction of them still leaves n to
+train on (n=50 at 1/3: 75 examples, 25 of them validation); the search starts from --lrs at the
+smallest size and from half, once and twice the lr chosen at the size before at every other, and
+steps beyond an edge (--extend). Then every preset x method x seed runs with data.max-train=n and
+its chosen lr, evaluated on the test split (`tools.compare`'s cells and comparison.md, into
 <out>/size-<n>/). Then curve.md / curve.csv (per preset, method and size: mean ± std over seeds
 of the clients' average personalised accuracy after the last round, the chosen lr, the clients'
 mean number of training examples) and curve.png (a panel per preset: accuracy vs size, log x,
@@ -23,6 +26,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from feddat_flwr.data.partition import validation_size
 from feddat_flwr.records import completed_results
 from feddat_flwr.results import atomic_write_bytes, pyplot, save_png
 from feddat_flwr.tools import compare, tune
@@ -36,23 +40,35 @@ def size_dir(out: Path, size: int) -> Path:
     return out / f"size-{size}"
 
 
+def tuning_cap(n: int, validation_fraction: float) -> int:
+    """The smallest cap on a client's training examples that leaves n to train on once
+    `validation_fraction` of them are held out for validation."""
+    cap = n + 1
+    while cap - validation_size(cap, validation_fraction) < n:
+        cap += 1
+    return cap
+
+
 def run_curve(out: Path, presets, methods, sizes, seeds, lrs, tune_seed: int, validation_fraction: float,
-              overrides: dict, num_clients: int, command: str) -> None:
+              extend: int, overrides: dict, num_clients: int, command: str) -> None:
     """Tune, then run, size by size (smallest first: the cheap end of the curve is there first)."""
+    chosen: dict[str, dict[str, float]] = {}
     for n in sorted(sizes):
-        common = {**overrides, "data.max-train": n}
         tuning = size_dir(out, n) / "tuning"
-        tune.run_tuning(tuning, presets, methods, lrs, tune_seed, validation_fraction, common, num_clients)
-        chosen = tune.write_tuning(tuning, presets, methods, lrs, command)
-        compare.run_grid(size_dir(out, n), presets, methods, seeds, common, num_clients, chosen)
+        start = {b: {m: [lr / 2, lr, lr * 2] for m, lr in by_method.items()} for b, by_method in chosen.items()}
+        tune.run_tuning(tuning, presets, methods, lrs, tune_seed, validation_fraction,
+                        {**overrides, "data.max-train": tuning_cap(n, validation_fraction)}, num_clients, extend, start)
+        chosen = tune.write_tuning(tuning, presets, methods, command)
+        compare.run_grid(size_dir(out, n), presets, methods, seeds, {**overrides, "data.max-train": n}, num_clients,
+                         chosen)
         compare.write_summary(size_dir(out, n), presets, methods, seeds, command)
 
 
-def collect(out: Path, presets, methods, sizes, seeds, lrs) -> list[dict]:
+def collect(out: Path, presets, methods, sizes, seeds) -> list[dict]:
     """One row per preset x method x size with finished test runs."""
     rows = []
     for n in sorted(sizes):
-        chosen = tune.best_lrs(tune.validation_accuracy(size_dir(out, n) / "tuning", presets, methods, lrs))
+        chosen = tune.best_lrs(tune.validation_accuracy(size_dir(out, n) / "tuning", presets, methods))
         averages = [r for r in compare.collect(size_dir(out, n), presets, methods, seeds) if r["column"] == "avg"]
         for r in averages:
             runs = [x for s in seeds if (x := completed_results(compare.cell_dir(size_dir(out, n), r["preset"], r["method"], s)))]
@@ -111,8 +127,8 @@ def plot(rows: list[dict], path: Path) -> None:
     save_png(fig, path)
 
 
-def write_summary(out: Path, presets, methods, sizes, seeds, lrs, command: str) -> list[dict]:
-    rows = collect(out, presets, methods, sizes, seeds, lrs)
+def write_summary(out: Path, presets, methods, sizes, seeds, command: str) -> list[dict]:
+    rows = collect(out, presets, methods, sizes, seeds)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "curve.md", markdown(rows, command).encode())
     text = io.StringIO()
@@ -140,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m feddat_flwr.tools.curve " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.summary_only:
         run_curve(out, args.presets, args.methods, args.sizes, args.seeds, args.lrs, args.tune_seed,
-                  args.validation_fraction, dict(args.config), args.clients, command)
-    write_summary(out, args.presets, args.methods, args.sizes, args.seeds, args.lrs, command)
+                  args.validation_fraction, args.extend, dict(args.config), args.clients, command)
+    write_summary(out, args.presets, args.methods, args.sizes, args.seeds, command)
     print(f"summary: {out / 'curve.md'}, {out / 'curve.png'}")
     return 0
 

@@ -24,6 +24,9 @@ from feddat_flwr.tools.superlink import RunFailed
 GRID_PRESETS = tuple(p for p in available_presets() if p != "iid")
 
 Cell = tuple[str, Path, dict[str, Any]]  # (label, run directory, run config)
+# A grid runs unattended, and a cell with large clients can take an hour on a small CPU machine:
+# its limit only ends a run that hangs.
+CELL_TIMEOUT = 6 * 3600
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def run_cells(cells: list[Cell], num_clients: int) -> None:
         started = time.monotonic()
         try:
             run_simulation({**config, "output-dir": str(run_dir)}, num_clients=num_clients,
-                           work_dir=run_dir.with_name(f".{run_dir.name}.flwr"), stream=False)
+                           work_dir=run_dir.with_name(f".{run_dir.name}.flwr"), stream=False, timeout=CELL_TIMEOUT)
         except RunFailed as exc:
             print(f"    FAILED: {exc}", file=sys.stderr)
             continue
