@@ -120,8 +120,11 @@ def plot(rows: list[dict], path: Path) -> None:
             points = sorted((r["size"], r["mean"], r["std"]) for r in mine if r["method"] == method)
             xs, ys, errs = zip(*points)
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method)
+        sizes = sorted({r["size"] for r in mine})
         ax.set(title=f"{preset}", xlabel="training examples per client (cap)", ylabel="personalised accuracy",
                xscale="log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend()
     save_png(fig, path)
