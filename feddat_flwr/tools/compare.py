@@ -151,7 +151,7 @@ def verdict(averages: list[dict]) -> str:
 def plot_convergence(out: Path, presets, methods, seeds, dest: Path) -> None:
     plt = pyplot()
     for preset in presets:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(8, 4))
         for row in methods:
             runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, row.spec, s)))]
             if not runs:
@@ -164,9 +164,9 @@ def plot_convergence(out: Path, presets, methods, seeds, dest: Path) -> None:
         if not ax.lines:
             plt.close(fig)
             continue
-        ax.set(title=f"{preset}: mean personalised accuracy", xlabel="round", ylabel="accuracy", ylim=(0, 1))
+        ax.set(title=f"{preset}: mean personalised accuracy (mean over seeds)", xlabel="round", ylabel="accuracy")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
         save_png(fig, dest / f"convergence-{preset}.png")
 
 
