@@ -63,6 +63,20 @@ def test_summary_table_marks_best_and_reports_mean_std(tmp_path):
     assert (tmp_path / "convergence-function.png").stat().st_size > 1000
 
 
+def test_summary_pairs_feddat_with_each_row_seed_by_seed(tmp_path):
+    """Differences are taken within a seed (same partition and start), over the seeds both rows
+    finished: fedavg's seed 1 is missing, so only seeds 0 and 2 pair."""
+    for seed, (ours, theirs) in enumerate([(0.70, 0.60), (0.50, None), (0.40, 0.45)]):
+        _fake_run(tmp_path, "task", "feddat", seed, [ours])
+        if theirs is not None:
+            _fake_run(tmp_path, "task", "fedavg", seed, [theirs])
+    write_summary(tmp_path, ["task"], _rows("feddat", "fedavg"), [0, 1, 2], "cmd")
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| row | FedDAT minus row | FedDAT ahead |" in md
+    assert "| fedavg | +2.5 ± 10.6 | 1 of 2 |" in md  # +10 and -5 points
+    assert "| feddat |" not in md.split("Paired by seed")[1]
+
+
 def test_summary_of_validation_runs_says_so(tmp_path):
     """A table chosen from (data.validation-fraction > 0) must not read as test accuracy."""
     for seed in (0, 1):

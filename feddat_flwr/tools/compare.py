@@ -9,8 +9,9 @@ with run config `preset=<preset> method=<method> seed=<seed>` plus the common ov
 <out>/runs/<preset>/<method>/seed-<seed>/. Finished cells are not run again (resumable); an
 unfinished cell's directory is moved aside, never deleted. Then the summary is written:
 comparison.md / comparison.csv (rows methods, columns clients + average, mean ± std over seeds of
-each method's personalised accuracy, best per column in bold), convergence-<preset>.png and the
-communication and wall time per method.
+each method's personalised accuracy, best per column in bold; FedDAT against the best baseline;
+FedDAT minus every other row paired by seed), convergence-<preset>.png and the communication and
+wall time per method.
 """
 
 from __future__ import annotations
@@ -54,13 +55,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _finished(out: Path, preset: str, method: str, seeds) -> dict[int, Any]:
+    """Seed -> results of the cells that finished."""
+    return {s: r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))}
+
+
 def collect(out: Path, presets, methods, seeds) -> list[dict]:
     """One row per preset x method x column (client id or 'avg') over the finished seeds."""
     rows = []
     for preset in presets:
         for row in methods:
             method = row.spec
-            runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))]
+            runs = list(_finished(out, preset, method, seeds).values())
             if not runs:
                 continue
             variant = row.personalised
@@ -68,7 +74,7 @@ def collect(out: Path, presets, methods, seeds) -> list[dict]:
             last = [r.rounds[-1] for r in runs]
             clients = sorted(last[0].clients, key=int)
             columns = {c: [rec.clients[c].eval[variant] for rec in last] for c in clients}
-            columns["avg"] = [rec.eval[variant]["mean"] for rec in last]
+            columns["avg"] = [_final_average(r, row) for r in runs]
             for column, values in columns.items():
                 mean, std = _mean_std(values)
                 rows.append({"preset": preset, "method": method, "variant": variant, "column": column,
@@ -97,7 +103,34 @@ def _client_seconds(results) -> float:
     return statistics.fmean(totals.values()) if totals else 0.0
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def paired(out: Path, presets, methods, seeds) -> list[dict]:
+    """FedDAT minus each other row, seed by seed (same partition and initialisation per seed), on
+    the final average personalised accuracy, over the seeds where both cells finished."""
+    proposed = next((row for row in methods if row.spec == PROPOSED), None)
+    if proposed is None:
+        return []
+    pairs = []
+    for preset in presets:
+        ours = _finished(out, preset, PROPOSED, seeds)
+        for row in methods:
+            if row is proposed:
+                continue
+            theirs = _finished(out, preset, row.spec, seeds)
+            diffs = [_final_average(ours[s], proposed) - _final_average(theirs[s], row)
+                     for s in sorted(ours.keys() & theirs.keys())]
+            if not diffs:
+                continue
+            mean, std = _mean_std(diffs)
+            pairs.append({"preset": preset, "method": row.spec, "mean": mean, "std": std,
+                          "ahead": sum(d > 0 for d in diffs), "seeds": len(diffs)})
+    return pairs
+
+
+def _final_average(results, row) -> float:
+    return results.rounds[-1].eval[row.personalised]["mean"]
+
+
+def markdown(rows: list[dict], command: str, pairs: list[dict] = ()) -> str:
     splits = " and ".join(sorted({r["split"] for r in rows if "split" in r})) or "test"
     lines = ["# FedDAT vs baselines on easy-VQA heterogeneity presets", "",
              f"Produced by: `{command}`", "",
@@ -127,7 +160,18 @@ def markdown(rows: list[dict], command: str) -> str:
             lines.append(f"| {method} (n={seeds}) | " + " | ".join(cells)
                          + f" | {extra['bytes'] / 1e6:.1f} | {extra['seconds']:.0f} | {extra['client-seconds']:.0f} |")
         lines += ["", verdict([r for r in acc if r["column"] == "avg"]), ""]
+        lines += _paired_table([p for p in pairs if p["preset"] == preset])
     return "\n".join(lines)
+
+
+def _paired_table(pairs: list[dict]) -> list[str]:
+    if not pairs:
+        return []
+    return (["Paired by seed: FedDAT's average minus the row's, seed by seed (mean ± std of the "
+             "differences), and in how many seeds FedDAT is ahead.", "",
+             "| row | FedDAT minus row | FedDAT ahead |", "|---|---|---|"]
+            + [f"| {p['method']} | {100 * p['mean']:+.1f} ± {100 * p['std']:.1f} | {p['ahead']} of {p['seeds']} |"
+               for p in pairs] + [""])
 
 
 def verdict(averages: list[dict]) -> str:
@@ -173,7 +217,8 @@ def plot_convergence(out: Path, presets, methods, seeds, dest: Path) -> None:
 def write_summary(out: Path, presets, methods, seeds, command: str) -> list[dict]:
     rows = collect(out, presets, methods, seeds)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "comparison.md", markdown(rows, command).encode())
+    pairs = paired(out, presets, methods, seeds)
+    atomic_write_bytes(out / "comparison.md", markdown(rows, command, pairs).encode())
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["preset", "method", "variant", "column", "mean", "std", "seeds", "split"])
     writer.writeheader()
