@@ -229,6 +229,8 @@ def test_the_data_size_curve_tunes_each_size_on_validation_then_runs_its_seeds(t
     md = (tmp_path / "curve.md").read_text()
     assert "| feddat | **70.0 ± 0.0 (n=2, lr 0.004)** | 70.0 ± 0.0 (n=2, lr 0.001) |" in md
     assert "| fedavg | 45.0 ± 0.0 (n=2, lr 0.004) | **90.0 ± 0.0 (n=2, lr 0.001)** |" in md
+    assert "| FedDAT minus | size 50 | size 500 |" in md
+    assert "| fedavg | +25.0 ± 0.0 (2/2) | -20.0 ± 0.0 (0/2) |" in md  # where federation stops paying
     with open(tmp_path / "curve.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
     assert (tmp_path / "curve.png").stat().st_size > 1000

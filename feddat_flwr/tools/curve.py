@@ -14,7 +14,7 @@ steps beyond an edge (--extend). Then every preset x method x seed runs with dat
 its chosen lr, evaluated on the test split (`tools.compare`'s cells and comparison.md, into
 <out>/size-<n>/). Then curve.md / curve.csv (per preset, method and size: mean ± std over seeds
 of the clients' average personalised accuracy after the last round, the chosen lr, the clients'
-mean number of training examples) and curve.png (a panel per preset: accuracy vs size, log x,
+mean number of training examples; in curve.md also FedDAT minus every other method paired by seed) and curve.png (a panel per preset: accuracy vs size, log x,
 ±1 std bars). A size is a cap: a client with fewer examples trains on all of its own.
 """
 
@@ -79,7 +79,12 @@ def collect(out: Path, presets, methods, sizes, seeds) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def collect_paired(out: Path, presets, methods, sizes, seeds) -> list[dict]:
+    """FedDAT minus every other method, paired by seed, at each size (`tools.compare.paired`)."""
+    return [{**p, "size": n} for n in sorted(sizes) for p in compare.paired(size_dir(out, n), presets, methods, seeds)]
+
+
+def markdown(rows: list[dict], command: str, pairs: list[dict] = ()) -> str:
     lines = ["# Personalised accuracy vs the clients' data size", "", f"Produced by: `{command}`", "",
              "Each cell: mean ± std over seeds (n) of the clients' average personalised test accuracy "
              "after the last round, at the lr chosen for that preset, method and size on a validation "
@@ -105,7 +110,24 @@ def markdown(rows: list[dict], command: str) -> str:
         actual = {n: [r["train-examples"] for r in mine if r["size"] == n and r["train-examples"]] for n in sizes}
         lines += ["", "Mean training examples per client: "
                   + ", ".join(f"size {n}: {statistics.fmean(v):.0f}" for n, v in actual.items() if v), ""]
+        lines += _paired_table([p for p in pairs if p["preset"] == preset], sizes)
     return "\n".join(lines)
+
+
+def _paired_table(pairs: list[dict], sizes: list[int]) -> list[str]:
+    if not pairs:
+        return []
+    lines = ["FedDAT minus each method, paired by seed (mean ± std of the per-seed differences in points; "
+             "FedDAT ahead in k of n seeds):", "",
+             "| FedDAT minus | " + " | ".join(f"size {n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for method in dict.fromkeys(p["method"] for p in pairs):
+        cells = []
+        for n in sizes:
+            p = next((x for x in pairs if x["method"] == method and x["size"] == n), None)
+            cells.append("-" if p is None else
+                         f"{100 * p['mean']:+.1f} ± {100 * p['std']:.1f} ({p['ahead']}/{p['seeds']})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -133,7 +155,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def write_summary(out: Path, presets, methods, sizes, seeds, command: str) -> list[dict]:
     rows = collect(out, presets, methods, sizes, seeds)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "curve.md", markdown(rows, command).encode())
+    pairs = collect_paired(out, presets, methods, sizes, seeds)
+    atomic_write_bytes(out / "curve.md", markdown(rows, command, pairs).encode())
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=FIELDS)
     writer.writeheader()
