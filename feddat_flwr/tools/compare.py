@@ -55,8 +55,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _finished(out: Path, preset: str, method: str, seeds) -> dict[int, Any]:
-    """Seed -> results of the cells that finished."""
+def finished_runs(out: Path, preset: str, method: str, seeds) -> dict[int, Any]:
+    """Seed -> results of the preset x method cells that finished."""
     return {s: r for s in seeds if (r := completed_results(cell_dir(out, preset, method, s)))}
 
 
@@ -66,7 +66,7 @@ def collect(out: Path, presets, methods, seeds) -> list[dict]:
     for preset in presets:
         for row in methods:
             method = row.spec
-            runs = list(_finished(out, preset, method, seeds).values())
+            runs = list(finished_runs(out, preset, method, seeds).values())
             if not runs:
                 continue
             variant = row.personalised
@@ -111,11 +111,11 @@ def paired(out: Path, presets, methods, seeds) -> list[dict]:
         return []
     pairs = []
     for preset in presets:
-        ours = _finished(out, preset, PROPOSED, seeds)
+        ours = finished_runs(out, preset, PROPOSED, seeds)
         for row in methods:
             if row is proposed:
                 continue
-            theirs = _finished(out, preset, row.spec, seeds)
+            theirs = finished_runs(out, preset, row.spec, seeds)
             diffs = [_final_average(ours[s], proposed) - _final_average(theirs[s], row)
                      for s in sorted(ours.keys() & theirs.keys())]
             if not diffs:
@@ -197,7 +197,7 @@ def plot_convergence(out: Path, presets, methods, seeds, dest: Path) -> None:
     for preset in presets:
         fig, ax = plt.subplots(figsize=(8, 4))
         for row in methods:
-            runs = [r for s in seeds if (r := completed_results(cell_dir(out, preset, row.spec, s)))]
+            runs = list(finished_runs(out, preset, row.spec, seeds).values())
             if not runs:
                 continue
             variant = row.personalised

@@ -14,8 +14,9 @@ steps beyond an edge (--extend). Then every preset x method x seed runs with dat
 its chosen lr, evaluated on the test split (`tools.compare`'s cells and comparison.md, into
 <out>/size-<n>/). Then curve.md / curve.csv (per preset, method and size: mean ± std over seeds
 of the clients' average personalised accuracy after the last round, the chosen lr, the clients'
-mean number of training examples; in curve.md also FedDAT minus every other method paired by seed) and curve.png (a panel per preset: accuracy vs size, log x,
-±1 std bars). A size is a cap: a client with fewer examples trains on all of its own.
+mean number of training examples; curve.md also gives FedDAT minus every other method, paired by
+seed) and curve.png (a panel per preset: accuracy vs size, log x, ±1 std bars). A size is a
+cap: a client with fewer examples trains on all of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import sys
 from pathlib import Path
 
 from feddat_flwr.data.partition import validation_size
-from feddat_flwr.records import completed_results
 from feddat_flwr.results import atomic_write_bytes, pyplot, save_png
 from feddat_flwr.tools import compare, tune
 from feddat_flwr.tools.cli import unwind_on_sigterm
@@ -71,7 +71,7 @@ def collect(out: Path, presets, methods, sizes, seeds) -> list[dict]:
         chosen = tune.best_lrs(tune.validation_accuracy(size_dir(out, n) / "tuning", presets, methods))
         averages = [r for r in compare.collect(size_dir(out, n), presets, methods, seeds) if r["column"] == "avg"]
         for r in averages:
-            runs = [x for s in seeds if (x := completed_results(compare.cell_dir(size_dir(out, n), r["preset"], r["method"], s)))]
+            runs = compare.finished_runs(size_dir(out, n), r["preset"], r["method"], seeds).values()
             examples = [c.num_examples for x in runs for c in x.rounds[0].clients.values() if c.num_examples]
             rows.append({"preset": r["preset"], "method": r["method"], "size": n, "mean": r["mean"], "std": r["std"],
                          "seeds": r["seeds"], "lr": chosen.get(r["preset"], {}).get(r["method"]),
